@@ -1,0 +1,192 @@
+"""The registration-job contract shared by producers and workers.
+
+A training pipeline builds a :class:`RegistrationJob` and enqueues it by task *name*; a worker
+validates it again and registers the model. Field names are part of the contract: add optional
+fields only, and bump :data:`SCHEMA_VERSION` for anything else. This module imports only
+pydantic and the standard library, so the producer side never pulls in mlflow or the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+#: Celery task names (producers publish by name; the worker registers these names).
+REGISTER_TASK = "hokusai.register_model"
+WEBHOOK_TASK = "hokusai.emit_webhook"
+
+#: Queues: registrations and webhooks scale and fail independently.
+REGISTRATION_QUEUE = "hokusai.registrations"
+WEBHOOK_QUEUE = "hokusai.webhooks"
+
+MODEL_TYPES = ("lead_scoring", "classification", "regression", "ranking")
+ModelType = Literal["lead_scoring", "classification", "regression", "ranking"]
+
+#: Default cap on a job's metadata, serialised as JSON (the worker's setting may lower it).
+MAX_METADATA_BYTES = 1_000_000
+
+CONTRIBUTOR_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
+MODEL_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]+/[1-9][0-9]*$")
+TOKEN_ID_RE = re.compile(r"^[a-z0-9-]+$")
+GIT_COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
+
+
+class GitInfo(BaseModel):
+    """Where the training code came from, for attribution."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repo: str | None = Field(default=None, max_length=2048, description="Remote URL of the repository.")
+    commit: str | None = Field(default=None, description="Full or abbreviated commit hash.")
+    branch: str | None = Field(default=None, max_length=255)
+
+    @field_validator("commit")
+    @classmethod
+    def _check_commit(cls, value: str | None) -> str | None:
+        if value is not None and not GIT_COMMIT_RE.match(value):
+            raise ValueError("must be a lower-case hex commit hash of 7 to 64 characters")
+        return value
+
+
+class BenchmarkGate(BaseModel):
+    """Send the marketplace event only when the model meets its baseline."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric_name: str = Field(min_length=1, max_length=250)
+    baseline_value: float
+    current_value: float
+    higher_is_better: bool = True
+
+    def passes(self) -> bool:
+        """True when ``current_value`` is at least as good as ``baseline_value``."""
+        if self.higher_is_better:
+            return self.current_value >= self.baseline_value
+        return self.current_value <= self.baseline_value
+
+
+class RegistrationJob(BaseModel):
+    """One model registration, as enqueued by a training pipeline.
+
+    ``job_id`` is the idempotency key: the same job processed twice yields one model version.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: UUID = Field(default_factory=uuid4, description="Idempotency key; generated when absent.")
+    kind: Literal["baseline", "improved"]
+    model_type: ModelType
+    artifact_uri: str = Field(min_length=1, max_length=4096, description="An MLflow model directory.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object, size-capped.")
+    signature: dict[str, str | None] | None = Field(
+        default=None, description="ModelSignature.to_dict(): JSON strings under inputs/outputs/params."
+    )
+    input_example: list[dict[str, Any]] | None = Field(default=None, description="JSON records.")
+    pip_requirements: list[str] | None = None
+    git: GitInfo | None = None
+
+    # improved models
+    baseline_id: str | None = Field(default=None, description="Baseline model id 'name/version'.")
+    delta_metrics: dict[str, float] | None = None
+    contributor: str | None = Field(default=None, description="0x + 40 hex wallet address.")
+
+    # marketplace webhook
+    token_id: str | None = Field(default=None, max_length=128, description="Token symbol; becomes model.id.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Incl. user_id / fulfilled_by_user_id.")
+    eval_spec: str | None = None
+    scorer_ref: str | None = None
+    primary_metric: str | None = None
+    benchmark_spec_id: str | None = None
+    benchmark: BenchmarkGate | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            encoded = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"must be a JSON object ({exc})") from exc
+        if len(encoded.encode()) > MAX_METADATA_BYTES:
+            raise ValueError(f"is {len(encoded.encode())} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
+        return value
+
+    @field_validator("signature")
+    @classmethod
+    def _check_signature(cls, value: dict[str, str | None] | None) -> dict[str, str | None] | None:
+        if value is None:
+            return None
+        unknown = set(value) - {"inputs", "outputs", "params"}
+        if unknown:
+            raise ValueError(f"has unknown keys {sorted(unknown)}; expected inputs, outputs, params")
+        if not value.get("inputs"):
+            raise ValueError("needs 'inputs' (the JSON string from ModelSignature.to_dict())")
+        for key, text in value.items():
+            if text is None:
+                continue
+            try:
+                parsed = json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"'{key}' is not valid JSON: {exc}") from exc
+            if not isinstance(parsed, list):
+                raise ValueError(f"'{key}' must be a JSON list of column specs")
+        return value
+
+    @field_validator("pip_requirements")
+    @classmethod
+    def _check_requirements(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not req.strip() or "\n" in req for req in value):
+            raise ValueError("each requirement must be one non-empty line")
+        return value
+
+    @field_validator("baseline_id")
+    @classmethod
+    def _check_baseline_id(cls, value: str | None) -> str | None:
+        if value is not None and not MODEL_ID_RE.match(value):
+            raise ValueError("must look like 'registered_model_name/version'")
+        return value
+
+    @field_validator("contributor")
+    @classmethod
+    def _check_contributor(cls, value: str | None) -> str | None:
+        if value is not None and not CONTRIBUTOR_RE.match(value):
+            raise ValueError("must be 0x followed by 40 hex characters")
+        return value
+
+    @field_validator("token_id")
+    @classmethod
+    def _check_token_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        lowered = value.lower()
+        if not TOKEN_ID_RE.match(lowered):
+            raise ValueError("must contain only letters, digits and '-'")
+        return lowered
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> "RegistrationJob":
+        improved_fields = {
+            "baseline_id": self.baseline_id,
+            "delta_metrics": self.delta_metrics,
+            "contributor": self.contributor,
+        }
+        if self.kind == "improved":
+            missing = [name for name, val in improved_fields.items() if val is None]
+            if missing:
+                raise ValueError(f"an improved job needs {', '.join(missing)}")
+        else:
+            present = [name for name, val in improved_fields.items() if val is not None]
+            if present:
+                raise ValueError(f"a baseline job must not set {', '.join(present)}")
+        return self
+
+
+def job_json_schema() -> dict[str, Any]:
+    """The JSON Schema of :class:`RegistrationJob` (what ``hokusai-registry schema`` prints)."""
+    return RegistrationJob.model_json_schema()

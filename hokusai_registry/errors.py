@@ -1,0 +1,95 @@
+"""One error tree for the whole product, split by what to do about an error.
+
+    HokusaiError
+    ├── PermanentError              do not retry: the same input fails the same way
+    │   ├── InvalidInputError       (also a ValueError) bad arguments or job fields
+    │   │   ├── InvalidJobError         a registration job that breaks the contract
+    │   │   ├── SignatureError          malformed signature, or an example that does not match it
+    │   │   ├── ArtifactRejectedError   artifact URI outside the allow-list, or `..` traversal
+    │   │   └── ArtifactNotFoundError   the URI is allowed but holds no MLflow model
+    │   ├── ConfigurationError      a setting that cannot work (missing secret, bad URL)
+    │   └── WebhookRejectedError    the endpoint answered a 4xx that will not get better
+    └── RetryableError              try again later: the world may have changed
+        ├── RegistryUnavailableError    MLflow unreachable, 5xx, or locked store
+        ├── BrokerUnavailableError      Redis unreachable
+        └── WebhookDeliveryError        network error, timeout, 408, 429 or 5xx
+
+Library exceptions (mlflow, httpx, redis) are translated at the boundary with
+``raise ... from exc`` so the cause is kept. Retry policies are declared once, from
+the split: Celery retries ``RetryableError`` and never ``PermanentError``.
+"""
+
+from __future__ import annotations
+
+
+class HokusaiError(Exception):
+    """Root of every error this product raises on purpose."""
+
+
+class PermanentError(HokusaiError):
+    """Retrying cannot help; record the failure with its reason."""
+
+
+class RetryableError(HokusaiError):
+    """A transient failure; the same call may succeed later.
+
+    ``retry_after_s`` carries a server's own hint (e.g. ``Retry-After``) when it gave one.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class InvalidInputError(PermanentError, ValueError):
+    """Bad arguments: the message names the field and what is wrong with it."""
+
+
+class InvalidJobError(InvalidInputError):
+    """A registration job that breaks the job contract."""
+
+
+class SignatureError(InvalidInputError):
+    """A malformed model signature, or an input example that does not match it."""
+
+
+class ArtifactRejectedError(InvalidInputError):
+    """An artifact URI whose scheme or local root is not on the allow-list."""
+
+
+class ArtifactNotFoundError(InvalidInputError):
+    """An allowed artifact URI with no MLflow model (no ``MLmodel`` file) behind it."""
+
+
+class ConfigurationError(PermanentError):
+    """A setting that cannot work; raised at start-up, naming the variable."""
+
+
+class WebhookRejectedError(PermanentError):
+    """The endpoint refused the event with a status that retrying will not change."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class RegistryUnavailableError(RetryableError):
+    """The MLflow tracking server or store could not be reached or answered 5xx."""
+
+
+class BrokerUnavailableError(RetryableError):
+    """Redis could not be reached."""
+
+
+class WebhookDeliveryError(RetryableError):
+    """A delivery attempt failed in a way that may succeed later."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.status_code = status_code

@@ -1,0 +1,175 @@
+"""The one settings object, read from environment variables.
+
+Every field is read from the upper-case variable of the same name (``REDIS_URL``,
+``MLFLOW_TRACKING_URI``, ``WEBHOOK_SECRET``, ...). The defaults run the embedded demo:
+MLflow on a sqlite store under ``HOKUSAI_HOME`` (``./.hokusai``), Redis on localhost.
+A value that cannot work fails here, at start-up, with the variable's name in the message.
+This module imports only pydantic and the standard library, so producers can use it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Schemes MLflow's artifact repositories read, accepted for ``artifact_uri`` by default.
+DEFAULT_ARTIFACT_SCHEMES = (
+    "file",
+    "runs",
+    "models",
+    "mlflow-artifacts",
+    "s3",
+    "gs",
+    "wasbs",
+    "abfss",
+    "hdfs",
+    "dbfs",
+)
+
+
+class Settings(BaseSettings):
+    """All configuration of producers, workers and the CLI. See ``docs/configuration.md``."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # --- where things live -------------------------------------------------------------
+    hokusai_home: Path = Field(
+        default=Path(".hokusai"),
+        description="Project-local folder for the embedded defaults (sqlite store, artifacts, staging).",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Broker, result backend and the failed-jobs / dead-letter stores.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking (and registry) URI. Default: sqlite:///$HOKUSAI_HOME/mlflow.db.",
+    )
+    mlflow_experiment_name: str = Field(default="hokusai-registry")
+    mlflow_artifact_location: str | None = Field(
+        default=None,
+        description="Artifact location for a newly created experiment. Default: $HOKUSAI_HOME/artifacts "
+        "for a local store, the server's default for a tracking server.",
+    )
+
+    # --- job intake ----------------------------------------------------------------------
+    allowed_artifact_schemes: Annotated[list[str], NoDecode] = Field(
+        default=list(DEFAULT_ARTIFACT_SCHEMES),
+        description="Comma-separated URI schemes accepted for artifact_uri ('file' covers bare paths).",
+    )
+    allowed_artifact_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated local folders that file:// and bare-path artifacts must lie under. "
+        "Default: $HOKUSAI_HOME/staging.",
+    )
+    max_metadata_bytes: int = Field(default=1_000_000, gt=0, description="Cap on a job's JSON metadata.")
+
+    # --- retries and timeouts ------------------------------------------------------------
+    registry_max_retries: int = Field(default=8, ge=0, description="Celery retries of an unreachable MLflow.")
+    registry_backoff_base_s: float = Field(default=2.0, gt=0)
+    registry_backoff_max_s: float = Field(default=300.0, gt=0)
+    task_time_limit_s: int = Field(default=600, gt=0, description="Hard limit of one task attempt.")
+    visibility_timeout_s: int = Field(
+        default=3600,
+        gt=0,
+        description="Redis redelivery timeout of an unacked message; must exceed the longest task plus "
+        "the longest retry delay, or a waiting task is delivered twice.",
+    )
+    result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
+    enqueue_retry_s: float = Field(default=10.0, ge=0, description="How long a producer retries a Redis blip.")
+
+    # --- webhooks ------------------------------------------------------------------------
+    webhook_url: str | None = Field(default=None, description="Marketplace endpoint; unset: no webhook.")
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC secret (whsec_<base64> or text).")
+    webhook_allow_unsigned: bool = Field(default=False, description="Development only: send unsigned.")
+    webhook_allow_http: bool = Field(default=False, description="Allow http:// endpoints (local receivers).")
+    webhook_connect_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_read_timeout_s: float = Field(default=15.0, gt=0)
+    webhook_max_attempts: int = Field(default=10, ge=1)
+    webhook_backoff_base_s: float = Field(default=2.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=600.0, gt=0)
+
+    # --- logging -------------------------------------------------------------------------
+    log_level: str = Field(default="INFO")
+    log_format: Literal["text", "json"] = Field(default="text")
+
+    @field_validator("allowed_artifact_schemes", mode="before")
+    @classmethod
+    def _split_schemes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_artifact_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(part.strip()) for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError("WEBHOOK_URL must be an absolute http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> "Settings":
+        longest_wait = self.task_time_limit_s + max(self.registry_backoff_max_s, self.webhook_backoff_max_s)
+        if self.visibility_timeout_s <= longest_wait:
+            raise ValueError(
+                f"VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed TASK_TIME_LIMIT_S + the "
+                f"largest *_BACKOFF_MAX_S ({longest_wait:g}); otherwise Redis redelivers waiting tasks "
+                "and they run twice"
+            )
+        return self
+
+    # --- derived values ------------------------------------------------------------------
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI in force (embedded sqlite store by default)."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.hokusai_home / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Artifact location for new experiments, or None to let a tracking server choose."""
+        if self.mlflow_artifact_location:
+            return self.mlflow_artifact_location
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return (self.hokusai_home / "artifacts").resolve().as_uri()
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where producers on this host save models before enqueueing them."""
+        return (self.hokusai_home / "staging").resolve()
+
+    @property
+    def artifact_roots(self) -> list[Path]:
+        """Local folders that file:// artifacts must lie under (resolved)."""
+        roots = self.allowed_artifact_roots or [self.staging_dir]
+        return [root.expanduser().resolve() for root in roots]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

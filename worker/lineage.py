@@ -1,0 +1,73 @@
+"""Git lineage of training code, for attributing contributions.
+
+The repository is the one that holds the first code path, else the working directory.
+Outside git, or without a git binary, lineage is simply empty.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+# MLflow's own source tags (shown in its UI) on the run; short tags on the model version.
+RUN_TAGS = {
+    "commit": "mlflow.source.git.commit",
+    "branch": "mlflow.source.git.branch",
+    "repo": "mlflow.source.git.repoURL",
+}
+VERSION_TAGS = {"commit": "git_commit", "branch": "git_branch", "repo": "git_repo"}
+
+
+def git_lineage(code_paths: list[str] | None = None) -> dict[str, str]:
+    """``{"commit", "branch", "repo"}`` of the repository holding ``code_paths`` (or the cwd).
+
+    Keys with no value (a detached HEAD has no branch, a repo may have no remote) are left out.
+    Credentials embedded in a remote URL are removed.
+    """
+    start = _start_dir(code_paths)
+    parsed = _git(start, "rev-parse", "HEAD", "--abbrev-ref", "HEAD")
+    if parsed is None:
+        return {}
+    lines = parsed.splitlines()
+    if len(lines) < 2:
+        return {}
+    lineage = {"commit": lines[0].strip()}
+    if lines[1].strip() and lines[1].strip() != "HEAD":
+        lineage["branch"] = lines[1].strip()
+    remote = _git(start, "config", "--get", "remote.origin.url")
+    if remote and remote.strip():
+        lineage["repo"] = redact_url(remote.strip())
+    return lineage
+
+
+def redact_url(url: str) -> str:
+    """Drop ``user:password@`` from a URL so tokens never reach MLflow tags or logs."""
+    parts = urlsplit(url)
+    if parts.scheme and "@" in parts.netloc:
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return url
+
+
+def _start_dir(code_paths: list[str] | None) -> Path:
+    for raw in code_paths or []:
+        path = Path(raw).expanduser()
+        if path.exists():
+            return (path if path.is_dir() else path.parent).resolve()
+    return Path(os.getcwd())
+
+
+def _git(cwd: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(cwd), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None

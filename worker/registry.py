@@ -1,0 +1,588 @@
+"""``HokusaiModelRegistry``: register models in MLflow 3 and find them again by ``model_uuid``.
+
+Each registration logs the model once (capturing MLflow's ``ModelInfo``), registers it once
+(``mlflow.register_model`` → the ``ModelVersion`` the marketplace needs) and tags the version
+with its ``model_uuid`` so it can be found by it. Inputs are checked before any run starts, so
+a rejected registration leaves nothing behind. This is the in-process API that training code
+calls directly and that the queue worker calls for every job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models.model import ModelInfo
+from mlflow.tracking import MlflowClient
+
+from hokusai_registry.contract import CONTRIBUTOR_RE, MODEL_TYPES
+from hokusai_registry.errors import InvalidInputError, RegistryUnavailableError
+from hokusai_registry.settings import Settings, get_settings
+from worker import lineage, signatures
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,256}$")
+MODEL_UUID_RE = re.compile(r"^(m-[0-9a-f]{32}|[0-9a-f]{32})$")
+BASELINE_ID_RE = re.compile(r"^hokusai_(?P<type>[a-z_]+)_baseline/(?P<version>[1-9][0-9]*)$")
+_PARAM_KEY_RE = re.compile(r"^[A-Za-z0-9_\-. /]{1,200}$")
+_MAX_PARAM_VALUE_CHARS = 250
+PRODUCTION_ALIAS = "production"
+MODEL_ARTIFACT_NAME = "model"
+
+# Model-version tags this registry writes.
+TAG_MODEL_UUID = "model_uuid"
+TAG_MODEL_TYPE = "model_type"
+TAG_IS_BASELINE = "is_baseline"
+TAG_CONTRIBUTOR = "contributor"
+TAG_BASELINE_ID = "baseline_model_id"
+TAG_JOB_ID = "job_id"
+
+#: Logs the model inside the active run and returns MLflow's ModelInfo.
+ModelLogger = Callable[[dict[str, Any]], ModelInfo]
+
+
+def default_artifact_location(tracking_uri: str, settings: Settings) -> str | None:
+    """Where a new experiment keeps artifacts: beside a sqlite file, else the settings' choice."""
+    if settings.mlflow_artifact_location:
+        return settings.mlflow_artifact_location
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
+    return settings.artifact_location
+
+
+@contextmanager
+def mlflow_boundary(action: str) -> Iterator[None]:
+    """Translate MLflow/transport failures into the product's error tree."""
+    try:
+        yield
+    except (InvalidInputError, RegistryUnavailableError):
+        raise
+    except MlflowException as exc:
+        if _is_transient(exc):
+            raise RegistryUnavailableError(f"MLflow unavailable while {action}: {exc.message}") from exc
+        raise
+    except (ConnectionError, TimeoutError, OSError) as exc:
+        raise RegistryUnavailableError(f"MLflow unreachable while {action}: {exc}") from exc
+    except Exception as exc:  # requests / sqlalchemy errors, without importing either eagerly
+        if type(exc).__module__.split(".")[0] in {"requests", "urllib3", "sqlalchemy"}:
+            raise RegistryUnavailableError(f"MLflow store unavailable while {action}: {exc}") from exc
+        raise
+
+
+def _is_transient(exc: MlflowException) -> bool:
+    code = getattr(exc, "error_code", "") or ""
+    text = str(exc)
+    if code in {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}:
+        return "database is locked" in text or "API request" in text or code != "INTERNAL_ERROR"
+    return "API request to" in text or "Max retries exceeded" in text or "Connection refused" in text
+
+
+class HokusaiModelRegistry:
+    """Register baseline and improved models; look them up by uuid, lineage or contributor.
+
+    Args:
+        tracking_uri: MLflow tracking and registry URI; both the fluent API and the client use
+            it. Default: ``MLFLOW_TRACKING_URI`` or the embedded sqlite store.
+        settings: configuration; default: read from the environment.
+    """
+
+    def __init__(self, tracking_uri: str | None = None, *, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.tracking_uri = tracking_uri or self.settings.tracking_uri
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self._activate()
+        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        self._experiment_id: str | None = None
+
+    # ------------------------------------------------------------------ registration API
+    def register_baseline(
+        self,
+        model: Any,
+        model_type: str,
+        metadata: Mapping[str, Any] | None = None,
+        signature: Any = None,
+        input_example: Any = None,
+        code_paths: list[str] | None = None,
+        *,
+        pip_requirements: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Log and register a baseline model as ``hokusai_{model_type}_baseline``.
+
+        Returns:
+            The registration result (``model_id``, ``version``, ``model_uuid``, ``model_uri``, ...).
+        Raises:
+            InvalidInputError: (a ``ValueError``) bad model, type, metadata; ``SignatureError`` for a
+                malformed signature or an example that does not match it. Nothing is logged then.
+            RegistryUnavailableError: MLflow could not be reached.
+        """
+        self._check_model(model)
+        self._check_model_type(model_type)
+        return self._register_object(
+            model,
+            model_name=f"hokusai_{model_type}_baseline",
+            model_type=model_type,
+            is_baseline=True,
+            metadata=metadata,
+            signature=signature,
+            input_example=input_example,
+            code_paths=code_paths,
+            pip_requirements=pip_requirements,
+        )
+
+    def register_improved_model(
+        self,
+        model: Any,
+        baseline_id: str,
+        delta_metrics: Mapping[str, float],
+        contributor: str,
+        signature: Any = None,
+        input_example: Any = None,
+        code_paths: list[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        pip_requirements: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Log and register a model improved on ``baseline_id`` (``name/version``) by ``contributor``.
+
+        Registered as ``hokusai_{model_type}_improved``; the version is tagged with the
+        contributor and the baseline id. Raises as :meth:`register_baseline`.
+        """
+        self._check_model(model)
+        model_type = self.model_type_of_baseline(baseline_id)
+        self.check_contributor(contributor)
+        deltas = self._check_delta_metrics(delta_metrics)
+        result = self._register_object(
+            model,
+            model_name=f"hokusai_{model_type}_improved",
+            model_type=model_type,
+            is_baseline=False,
+            metadata=metadata,
+            signature=signature,
+            input_example=input_example,
+            code_paths=code_paths,
+            pip_requirements=pip_requirements,
+            extra_version_tags={TAG_CONTRIBUTOR: contributor.lower(), TAG_BASELINE_ID: baseline_id},
+            metrics=deltas,
+        )
+        result.update(baseline_id=baseline_id, contributor=contributor, delta_metrics=deltas)
+        return result
+
+    def register_logged(
+        self,
+        log_model: ModelLogger,
+        *,
+        model_name: str,
+        model_type: str,
+        is_baseline: bool,
+        metadata: Mapping[str, Any] | None,
+        signature: Any,
+        input_example: Any,
+        git: Mapping[str, str] | None = None,
+        extra_version_tags: Mapping[str, str] | None = None,
+        extra_logged_model_tags: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        existing_model_info: ModelInfo | None = None,
+    ) -> dict[str, Any]:
+        """The one registration pipeline: validate → run → ``log_model`` → ``register_model`` → tag.
+
+        ``log_model`` receives the keyword arguments every flavor's ``log_model`` takes (name,
+        signature, input_example, metadata, tags) and returns the ``ModelInfo``. Passing
+        ``existing_model_info`` skips logging and registers that already-logged model (the queue
+        worker's recovery after a crash between the two steps).
+        """
+        self._check_model_type(model_type)
+        meta = self.check_metadata(metadata)
+        parsed = signatures.parse_signature(signature)
+        if input_example is not None and parsed is not None:
+            signatures.check_example(input_example, parsed)
+        example = signatures.example_frame(input_example) if input_example is not None else None
+        run_tags = {lineage.RUN_TAGS[key]: value for key, value in (git or {}).items() if value}
+        version_tags = {
+            TAG_MODEL_TYPE: model_type,
+            TAG_IS_BASELINE: "true" if is_baseline else "false",
+            **{lineage.VERSION_TAGS[key]: value for key, value in (git or {}).items() if value},
+            **(extra_version_tags or {}),
+        }
+
+        self._activate()
+        with mlflow_boundary(f"registering {model_name}"):
+            if existing_model_info is None:
+                model_info = self._log_in_run(
+                    log_model,
+                    run_name=model_name,
+                    run_tags=run_tags,
+                    params=self._searchable_params(meta),
+                    metrics=metrics,
+                    log_kwargs={
+                        "name": MODEL_ARTIFACT_NAME,
+                        "signature": parsed,
+                        "input_example": example,
+                        "metadata": meta,
+                        "tags": dict(extra_logged_model_tags or {}),
+                    },
+                )
+            else:
+                model_info = existing_model_info
+            version = mlflow.register_model(
+                model_info.model_uri,
+                model_name,
+                tags={TAG_MODEL_UUID: model_info.model_uuid, **version_tags},
+            )
+        logger.info(
+            "registered %s version %s (model_uuid=%s)", version.name, version.version, model_info.model_uuid
+        )
+        return self._result(model_info, version, model_type=model_type, is_baseline=is_baseline, metadata=meta)
+
+    # ------------------------------------------------------------------ lookups
+    def get_model_by_uuid(self, model_uuid: str) -> dict[str, Any] | None:
+        """The registration result (plus ``tags``) of the version carrying ``model_uuid``, or None.
+
+        Raises:
+            InvalidInputError: ``model_uuid`` is not an MLflow model id (``m-<32 hex>``); it is never
+                pasted into a filter string then.
+        """
+        if not isinstance(model_uuid, str) or not MODEL_UUID_RE.match(model_uuid):
+            raise InvalidInputError(f"model_uuid must look like 'm-' + 32 hex characters, got {model_uuid!r}")
+        versions = self._search_versions(f"tags.{TAG_MODEL_UUID} = '{model_uuid}'")
+        if not versions:
+            return None
+        version = min(versions, key=lambda v: int(v.version))
+        return self.describe_version(version)
+
+    def describe_version(self, version: ModelVersion) -> dict[str, Any]:
+        """Full result for a registered version, read back from its tags and ``ModelInfo``."""
+        tags = dict(version.tags or {})
+        self._activate()
+        uuid = tags.get(TAG_MODEL_UUID) or _model_id_from_source(version.source)
+        with mlflow_boundary(f"reading model {version.name}/{version.version}"):
+            info = mlflow.models.get_model_info(f"models:/{uuid}" if uuid else version.source)
+        result = self._result(
+            info,
+            version,
+            model_type=tags.get(TAG_MODEL_TYPE, ""),
+            is_baseline=tags.get(TAG_IS_BASELINE) == "true",
+            metadata=info.metadata or {},
+        )
+        result["tags"] = tags
+        if TAG_BASELINE_ID in tags:
+            result["baseline_id"] = tags[TAG_BASELINE_ID]
+            result["contributor"] = tags.get(TAG_CONTRIBUTOR)
+        return result
+
+    def get_model_lineage(self, model_name: str) -> list[dict[str, Any]]:
+        """Every version of ``model_name``, oldest first, with uuid, run, baseline and contributor.
+
+        Built from version tags only (no MLmodel downloads, no ``mlflow.log-model.history``).
+        """
+        if not isinstance(model_name, str) or not MODEL_NAME_RE.match(model_name):
+            raise InvalidInputError(f"model_name may hold only letters, digits, '_', '.', '-'; got {model_name!r}")
+        versions = self._search_versions(f"name = '{model_name}'")
+        return [self._summary(v) for v in sorted(versions, key=lambda v: int(v.version))]
+
+    def get_contributor_models(self, address: str) -> list[dict[str, Any]]:
+        """Every improved version attributed to the wallet ``address`` (case-insensitive)."""
+        self.check_contributor(address)
+        versions = self._search_versions(f"tags.{TAG_CONTRIBUTOR} = '{address.lower()}'")
+        return [self._summary(v) for v in sorted(versions, key=lambda v: (v.name, int(v.version)))]
+
+    def find_version_by_tag(self, key: str, value: str) -> ModelVersion | None:
+        """The oldest version whose tag ``key`` equals ``value`` (both validated by the caller)."""
+        versions = self._search_versions(f"tags.{key} = '{value}'")
+        return min(versions, key=lambda v: int(v.version)) if versions else None
+
+    def promote_model_to_production(self, model_name: str, version: str | int) -> dict[str, Any]:
+        """Point the ``production`` alias of ``model_name`` at ``version``."""
+        if not isinstance(model_name, str) or not MODEL_NAME_RE.match(model_name):
+            raise InvalidInputError(f"model_name is not a valid registered model name: {model_name!r}")
+        if not str(version).isdigit():
+            raise InvalidInputError(f"version must be a positive integer, got {version!r}")
+        self._activate()
+        with mlflow_boundary(f"promoting {model_name}/{version}"):
+            self.client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, str(version))
+        return {"model_name": model_name, "version": str(version), "alias": PRODUCTION_ALIAS}
+
+    # ------------------------------------------------------------------ upgrade path
+    def backfill_model_uuids(
+        self,
+        *,
+        dry_run: bool = False,
+        on_progress: Callable[[ModelVersion], None] | None = None,
+    ) -> dict[str, Any]:
+        """Tag every version registered without a ``model_uuid`` tag with its model's uuid.
+
+        Safe to run twice: tagged versions are skipped. Returns counts and what was (or, with
+        ``dry_run``, would be) changed; versions whose model cannot be read are listed, not fatal.
+        """
+        report: dict[str, Any] = {"scanned": 0, "already_tagged": 0, "tagged": [], "unresolved": []}
+        for version in self._search_versions(None):
+            report["scanned"] += 1
+            try:
+                if TAG_MODEL_UUID in (version.tags or {}):
+                    report["already_tagged"] += 1
+                    continue
+                uuid = self._uuid_of_version(version)
+                if uuid is None:
+                    report["unresolved"].append({"model_name": version.name, "version": version.version})
+                    continue
+                if not dry_run:
+                    with mlflow_boundary(f"tagging {version.name}/{version.version}"):
+                        self.client.set_model_version_tag(version.name, version.version, TAG_MODEL_UUID, uuid)
+                report["tagged"].append({"model_name": version.name, "version": version.version, "model_uuid": uuid})
+            finally:
+                if on_progress is not None:
+                    on_progress(version)
+        report["dry_run"] = dry_run
+        return report
+
+    def count_versions(self) -> int:
+        """How many model versions the registry holds (for progress bars)."""
+        return len(self._search_versions(None))
+
+    # ------------------------------------------------------------------ validation helpers
+    @staticmethod
+    def check_contributor(address: Any) -> None:
+        if not isinstance(address, str) or not CONTRIBUTOR_RE.match(address):
+            raise InvalidInputError(f"contributor must be 0x followed by 40 hex characters, got {address!r}")
+
+    @staticmethod
+    def model_type_of_baseline(baseline_id: Any) -> str:
+        """The model type a baseline id ``hokusai_{type}_baseline/{version}`` names."""
+        match = BASELINE_ID_RE.match(baseline_id) if isinstance(baseline_id, str) else None
+        if match is None or match["type"] not in MODEL_TYPES:
+            raise InvalidInputError(
+                f"baseline_id must look like 'hokusai_<model_type>_baseline/<version>', got {baseline_id!r}"
+            )
+        return match["type"]
+
+    def check_metadata(self, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A JSON-serialisable copy of ``metadata`` within the size cap."""
+        if metadata is None:
+            return {}
+        if not isinstance(metadata, Mapping):
+            raise InvalidInputError(f"metadata must be a dict, not {type(metadata).__name__}")
+        try:
+            encoded = json.dumps(dict(metadata), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from exc
+        if len(encoded.encode()) > self.settings.max_metadata_bytes:
+            raise InvalidInputError(
+                f"metadata is {len(encoded.encode())} bytes as JSON; MAX_METADATA_BYTES is "
+                f"{self.settings.max_metadata_bytes}"
+            )
+        return json.loads(encoded)
+
+    @staticmethod
+    def _check_model(model: Any) -> None:
+        if model is None:
+            raise InvalidInputError("model must not be None")
+
+    @staticmethod
+    def _check_model_type(model_type: Any) -> None:
+        if model_type not in MODEL_TYPES:
+            raise InvalidInputError(f"model_type must be one of {', '.join(MODEL_TYPES)}; got {model_type!r}")
+
+    @staticmethod
+    def _check_delta_metrics(delta_metrics: Any) -> dict[str, float]:
+        if not isinstance(delta_metrics, Mapping):
+            raise InvalidInputError("delta_metrics must be a dict of metric name to number")
+        try:
+            return {str(key): float(value) for key, value in delta_metrics.items()}
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"delta_metrics values must be numbers: {exc}") from exc
+
+    # ------------------------------------------------------------------ internals
+    def _activate(self) -> None:
+        # The SQL registry resolves models:/ sources through the *global* tracking URI.
+        if mlflow.get_tracking_uri() != self.tracking_uri:
+            mlflow.set_tracking_uri(self.tracking_uri)
+        if mlflow.get_registry_uri() != self.tracking_uri:
+            mlflow.set_registry_uri(self.tracking_uri)
+
+    def experiment_id(self) -> str:
+        """The product's experiment, created on first use (safe when workers race to create it)."""
+        if self._experiment_id is None:
+            name = self.settings.mlflow_experiment_name
+            with mlflow_boundary("opening the experiment"):
+                experiment = self.client.get_experiment_by_name(name)
+                if experiment is None:
+                    try:
+                        self._experiment_id = self.client.create_experiment(
+                            name, artifact_location=default_artifact_location(self.tracking_uri, self.settings)
+                        )
+                    except MlflowException as exc:
+                        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                            raise
+                        experiment = self.client.get_experiment_by_name(name)
+                if experiment is not None:
+                    self._experiment_id = experiment.experiment_id
+        assert self._experiment_id is not None
+        return self._experiment_id
+
+    def _register_object(
+        self,
+        model: Any,
+        *,
+        pip_requirements: list[str] | None,
+        code_paths: list[str] | None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        flavor, model_kwarg, default_requirements = _flavor_for(model)
+        requirements = list(pip_requirements) if pip_requirements else default_requirements
+        paths = [str(Path(p)) for p in code_paths] if code_paths else None
+        if paths:
+            missing = [p for p in paths if not Path(p).exists()]
+            if missing:
+                raise InvalidInputError(f"code_paths do not exist: {missing}")
+
+        def log_model(log_kwargs: dict[str, Any]) -> ModelInfo:
+            return flavor.log_model(
+                **{model_kwarg: model}, pip_requirements=requirements, code_paths=paths, **log_kwargs
+            )
+
+        return self.register_logged(log_model, git=lineage.git_lineage(paths), **kwargs)
+
+    def _log_in_run(
+        self,
+        log_model: ModelLogger,
+        *,
+        run_name: str,
+        run_tags: dict[str, str],
+        params: dict[str, str],
+        metrics: Mapping[str, float] | None,
+        log_kwargs: dict[str, Any],
+    ) -> ModelInfo:
+        experiment_id = self.experiment_id()
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags or None):
+            if params or metrics:
+                mlflow.log_params(params) if params else None
+                mlflow.log_metrics(dict(metrics)) if metrics else None
+            return log_model(log_kwargs)
+
+    @staticmethod
+    def _searchable_params(metadata: Mapping[str, Any]) -> dict[str, str]:
+        """Short scalar metadata as params (for search); anything long or nested stays metadata only."""
+        params: dict[str, str] = {}
+        for key, value in metadata.items():
+            if isinstance(value, (str, int, float, bool)) and _PARAM_KEY_RE.match(key):
+                text = str(value)
+                if len(text) <= _MAX_PARAM_VALUE_CHARS:
+                    params[key] = text
+        return params
+
+    def _search_versions(self, filter_string: str | None) -> list[ModelVersion]:
+        self._activate()
+        found: list[ModelVersion] = []
+        token: str | None = None
+        with mlflow_boundary("searching model versions"):
+            while True:
+                page = self.client.search_model_versions(filter_string, max_results=1000, page_token=token)
+                found.extend(page)
+                token = page.token
+                if not token:
+                    return found
+
+    def _uuid_of_version(self, version: ModelVersion) -> str | None:
+        uuid = _model_id_from_source(version.source) or getattr(version, "model_id", None)
+        if uuid:
+            return uuid
+        try:
+            with mlflow_boundary(f"reading model {version.name}/{version.version}"):
+                return mlflow.models.get_model_info(version.source).model_uuid
+        except MlflowException as exc:
+            logger.warning("cannot read the model of %s/%s: %s", version.name, version.version, exc)
+            return None
+
+    def _result(
+        self,
+        info: ModelInfo,
+        version: ModelVersion,
+        *,
+        model_type: str,
+        is_baseline: bool,
+        metadata: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        return {
+            "model_id": f"{version.name}/{version.version}",
+            "model_name": version.name,
+            "version": str(version.version),
+            "model_type": model_type,
+            "is_baseline": is_baseline,
+            "run_id": version.run_id or info.run_id,
+            "registration_timestamp": _utc_iso(version.creation_timestamp),
+            "model_uri": info.model_uri,
+            "model_uuid": info.model_uuid,
+            "artifact_path": info.artifact_path,
+            "flavors": sorted(info.flavors or {}),
+            "signature": signatures.signature_to_json(info.signature),
+            "mlflow_version": info.mlflow_version,
+            "metadata": dict(metadata),
+        }
+
+    @staticmethod
+    def _summary(version: ModelVersion) -> dict[str, Any]:
+        tags = dict(version.tags or {})
+        return {
+            "model_id": f"{version.name}/{version.version}",
+            "model_name": version.name,
+            "version": str(version.version),
+            "run_id": version.run_id,
+            "model_uuid": tags.get(TAG_MODEL_UUID) or _model_id_from_source(version.source),
+            "model_uri": version.source,
+            "model_type": tags.get(TAG_MODEL_TYPE),
+            "is_baseline": tags.get(TAG_IS_BASELINE) == "true",
+            "baseline_id": tags.get(TAG_BASELINE_ID),
+            "contributor": tags.get(TAG_CONTRIBUTOR),
+            "registration_timestamp": _utc_iso(version.creation_timestamp),
+            "aliases": list(getattr(version, "aliases", []) or []),
+            "tags": tags,
+        }
+
+
+def _flavor_for(model: Any) -> tuple[Any, str, list[str]]:
+    """(flavor module, its model keyword, default pip requirements) for a model object."""
+    import mlflow.pyfunc
+
+    if isinstance(model, mlflow.pyfunc.PythonModel):
+        from mlflow.pyfunc.model import get_default_pip_requirements
+
+        return mlflow.pyfunc, "python_model", get_default_pip_requirements()
+    if _is_sklearn_estimator(model):
+        import mlflow.sklearn
+
+        return mlflow.sklearn, "sk_model", mlflow.sklearn.get_default_pip_requirements()
+    raise InvalidInputError(
+        f"model must be an mlflow.pyfunc.PythonModel or a scikit-learn estimator, not {type(model).__name__}"
+    )
+
+
+def _is_sklearn_estimator(model: Any) -> bool:
+    if not type(model).__module__.startswith("sklearn"):
+        try:
+            from sklearn.base import BaseEstimator
+        except ImportError:
+            return False
+        return isinstance(model, BaseEstimator)
+    return True
+
+
+def _model_id_from_source(source: str | None) -> str | None:
+    if source and source.startswith("models:/m-"):
+        candidate = source.removeprefix("models:/").split("/", 1)[0]
+        return candidate if MODEL_UUID_RE.match(candidate) else None
+    return None
+
+
+def _utc_iso(millis: int | None) -> str:
+    moment = datetime.fromtimestamp(millis / 1000, tz=UTC) if millis else datetime.now(UTC)
+    return moment.isoformat()
