@@ -8,7 +8,8 @@
     │   │   ├── ArtifactRejectedError   artifact URI outside the allow-list, or `..` traversal
     │   │   └── ArtifactNotFoundError   the URI is allowed but holds no MLflow model
     │   ├── ConfigurationError      a setting that cannot work (missing secret, bad URL)
-    │   └── WebhookRejectedError    the endpoint answered a 4xx that will not get better
+    │   └── WebhookRejectedError    the endpoint answered a 3xx or 4xx that will not get better
+    │       └── WebhookEndpointGoneError    410 Gone: the endpoint was removed
     └── RetryableError              try again later: the world may have changed
         ├── RegistryUnavailableError    MLflow unreachable, 5xx, or locked store
         ├── BrokerUnavailableError      Redis unreachable
@@ -71,6 +72,10 @@ class WebhookRejectedError(PermanentError):
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class WebhookEndpointGoneError(WebhookRejectedError):
+    """The endpoint answered 410 Gone: it was removed; fix ``WEBHOOK_URL``, then replay."""
 
 
 class RegistryUnavailableError(RetryableError):

@@ -1,0 +1,117 @@
+"""worker.backoff: exponential backoff with jitter and a cap, Retry-After parsing. No sleeping."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hokusai_registry.errors import InvalidInputError
+from worker.backoff import backoff_delay, parse_retry_after, retry_delay
+
+NOW = datetime(2026, 11, 26, 23, 31, 48, tzinfo=UTC)
+
+
+class FixedDraw(random.Random):
+    """An rng whose ``random()`` always returns ``value`` (0 = shortest, just under 1 = longest)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+@pytest.mark.parametrize(("attempt", "ceiling"), [(1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (5, 32.0)])
+def test_backoff_doubles_per_attempt(attempt: int, ceiling: float) -> None:
+    longest = backoff_delay(attempt, base_s=2.0, max_s=600.0, rng=FixedDraw(1.0), jitter="full")
+    assert longest == ceiling
+
+
+def test_backoff_is_capped_even_for_huge_attempts() -> None:
+    assert backoff_delay(12, base_s=2.0, max_s=60.0, rng=FixedDraw(1.0)) == 60.0
+    assert backoff_delay(10_000, base_s=2.0, max_s=60.0, rng=FixedDraw(1.0)) == 60.0
+
+
+def test_full_jitter_spans_zero_to_ceiling() -> None:
+    # attempt 3: ceiling 4 s
+    assert backoff_delay(3, base_s=1.0, max_s=100.0, rng=FixedDraw(0.0), jitter="full") == 0.0
+    assert backoff_delay(3, base_s=1.0, max_s=100.0, rng=FixedDraw(0.5), jitter="full") == 2.0
+
+
+def test_equal_jitter_waits_at_least_half_the_ceiling() -> None:
+    # attempt 3: ceiling 4 s
+    assert backoff_delay(3, base_s=1.0, max_s=100.0, rng=FixedDraw(0.0), jitter="equal") == 2.0
+    assert backoff_delay(3, base_s=1.0, max_s=100.0, rng=FixedDraw(1.0), jitter="equal") == 4.0
+
+
+def test_default_jitter_is_equal_and_random_draws_stay_in_range() -> None:
+    rng = random.Random(42)
+    # attempt 4: ceiling 8 s
+    delays = [backoff_delay(4, base_s=1.0, max_s=100.0, rng=rng) for _ in range(500)]
+    assert all(4.0 <= delay <= 8.0 for delay in delays)
+    assert len(set(delays)) > 400  # actually jittered
+
+
+def test_seeded_rng_makes_delays_reproducible() -> None:
+    first = [backoff_delay(n, base_s=1.0, max_s=50.0, rng=random.Random(7)) for n in range(1, 8)]
+    second = [backoff_delay(n, base_s=1.0, max_s=50.0, rng=random.Random(7)) for n in range(1, 8)]
+    assert first == second
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"attempt": 0, "base_s": 1.0, "max_s": 10.0}, "attempt"),
+        ({"attempt": 1, "base_s": 0.0, "max_s": 10.0}, "base_s"),
+        ({"attempt": 1, "base_s": 1.0, "max_s": -1.0}, "max_s"),
+        ({"attempt": 1, "base_s": 1.0, "max_s": 10.0, "jitter": "none"}, "jitter"),
+    ],
+)
+def test_invalid_arguments_are_rejected(kwargs: dict, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        backoff_delay(**kwargs)
+
+
+def test_retry_delay_without_retry_after_is_the_backoff() -> None:
+    assert retry_delay(2, retry_after_s=None, base_s=2.0, max_s=600.0, rng=FixedDraw(1.0)) == 4.0
+
+
+def test_retry_delay_never_shorter_than_retry_after() -> None:
+    assert retry_delay(1, retry_after_s=30.0, base_s=2.0, max_s=600.0, rng=FixedDraw(1.0)) == 30.0
+
+
+def test_retry_delay_keeps_a_longer_backoff_over_a_short_retry_after() -> None:
+    assert retry_delay(5, retry_after_s=1.0, base_s=2.0, max_s=600.0, rng=FixedDraw(1.0)) == 32.0
+
+
+def test_retry_after_beyond_the_cap_wins_over_the_cap() -> None:
+    assert retry_delay(1, retry_after_s=7200.0, base_s=2.0, max_s=600.0, rng=FixedDraw(1.0)) == 7200.0
+
+
+@pytest.mark.parametrize(("header", "seconds"), [("120", 120.0), (" 0 ", 0.0), ("3600", 3600.0)])
+def test_parse_retry_after_delta_seconds(header: str, seconds: float) -> None:
+    assert parse_retry_after(header, now=NOW) == seconds
+
+
+def test_parse_retry_after_http_date_in_the_future() -> None:
+    later = NOW + timedelta(seconds=90)
+    header = later.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    assert parse_retry_after(header, now=NOW) == 90.0
+
+
+def test_parse_retry_after_http_date_in_the_past_means_now() -> None:
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=NOW) == 0.0
+
+
+def test_parse_retry_after_defaults_now_to_the_clock() -> None:
+    later = datetime.now(UTC) + timedelta(hours=1)
+    parsed = parse_retry_after(later.strftime("%a, %d %b %Y %H:%M:%S GMT"))
+    assert parsed is not None and 3590 <= parsed <= 3600
+
+
+@pytest.mark.parametrize("header", [None, "", "  ", "soon", "-5", "1.5", "Thu, 99 Foo 2026 xx:yy GMT"])
+def test_parse_retry_after_ignores_absent_or_invalid_values(header: str | None) -> None:
+    assert parse_retry_after(header, now=NOW) is None

@@ -1,0 +1,289 @@
+"""Durable webhook events in Redis: the stored event, its attempts, dead letters and deferred retries.
+
+An event is saved *before* its first attempt and every attempt or replay sends the stored bytes,
+so the body and the idempotency key never change. Layout (``<p>`` is the key prefix)::
+
+    <p>:webhook:event:<event_id>   hash  event (JSON: id, base64 body, created_at, name, version,
+                                         job_id), state, attempts, first/last_attempt_at,
+                                         last_status_code, last_error, dead_reason,
+                                         dead_lettered_at, delivered_at
+    <p>:webhook:dead               zset  event_id → dead-letter time (Unix seconds)
+    <p>:webhook:deferred           zset  event_id → due time (Unix seconds)
+
+Times are stored as timezone-aware UTC ISO-8601 text. Delivered events expire after
+``delivered_ttl_s``; dead letters stay until replayed or removed. Redis failures are raised as
+``BrokerUnavailableError``.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, ParamSpec, TypeVar
+
+import redis
+
+from hokusai_registry.errors import BrokerUnavailableError, InvalidInputError
+from worker.events import WebhookEvent
+
+logger = logging.getLogger(__name__)
+
+EventState = Literal["pending", "delivered", "dead"]
+DEFAULT_DELIVERED_TTL_S = 7 * 24 * 3600
+MAX_CLAIM = 1000
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Counts an attempt only on an existing event, so a removed event is not half re-created.
+_RECORD_ATTEMPT = """
+if redis.call('HEXISTS', KEYS[1], 'event') == 0 then return -1 end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSETNX', KEYS[1], 'first_attempt_at', ARGV[1])
+redis.call('HSET', KEYS[1], 'last_attempt_at', ARGV[1], 'last_status_code', ARGV[2], 'last_error', ARGV[3])
+return attempts
+"""
+
+# Read and remove in one step, so two workers never claim the same id.
+_CLAIM_DUE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+if #ids > 0 then redis.call('ZREM', KEYS[1], unpack(ids)) end
+return ids
+"""
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """A stored event with its delivery history (what ``show`` prints for a dead letter)."""
+
+    event: WebhookEvent
+    state: EventState
+    attempts: int
+    first_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    dead_reason: str | None
+    dead_lettered_at: datetime | None
+    delivered_at: datetime | None
+    deferred_until: datetime | None
+
+
+def _redis_boundary(method: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BrokerUnavailableError(f"Redis unavailable in the webhook event store: {exc}") from exc
+
+    return wrapper
+
+
+class EventStore:
+    """Webhook events, dead letters and the deferred-retry schedule in one Redis database.
+
+    Args:
+        client: a ``redis.Redis`` (with or without ``decode_responses``).
+        prefix: first part of every key.
+        delivered_ttl_s: how long a delivered event is kept (a re-run task then sees it delivered).
+    """
+
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = "hokusai", delivered_ttl_s: int = DEFAULT_DELIVERED_TTL_S
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.delivered_ttl_s = delivered_ttl_s
+        self._dead_key = f"{prefix}:webhook:dead"
+        self._deferred_key = f"{prefix}:webhook:deferred"
+        self._record_attempt = client.register_script(_RECORD_ATTEMPT)
+        self._claim_due = client.register_script(_CLAIM_DUE)
+
+    # ------------------------------------------------------------------ events
+    @_redis_boundary
+    def save_if_absent(self, event: WebhookEvent) -> WebhookEvent:
+        """Store ``event`` unless one with its id exists; return the stored one either way.
+
+        A task run twice therefore sends the first build's bytes and timestamp, not a new one.
+        """
+        key = self._event_key(event.event_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hsetnx(key, "event", _encode_event(event))
+        pipe.hsetnx(key, "state", "pending")
+        created, _ = pipe.execute()
+        if created:
+            logger.info("webhook event %s stored", event.event_id)
+            return event
+        stored = self.get(event.event_id)
+        return stored.event if stored is not None else event  # None only if it expired just now
+
+    @_redis_boundary
+    def get(self, event_id: str) -> EventRecord | None:
+        """The stored event with its history, or None when unknown (or expired after delivery)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(self._event_key(event_id))
+        pipe.zscore(self._deferred_key, event_id)
+        fields, due = pipe.execute()
+        if not fields:
+            return None
+        return _decode_record({_text(k): _text(v) for k, v in fields.items()}, due)
+
+    @_redis_boundary
+    def record_attempt(
+        self,
+        event_id: str,
+        *,
+        status_code: int | None = None,
+        error: str | None = None,
+        at: datetime | None = None,
+    ) -> int:
+        """Count one attempt with its HTTP status or error text; return the attempts so far.
+
+        Raises:
+            InvalidInputError: no such event.
+        """
+        attempts = int(
+            self._record_attempt(
+                keys=[self._event_key(event_id)],
+                args=[_iso(at), "" if status_code is None else str(status_code), error or ""],
+            )
+        )
+        if attempts < 0:
+            raise InvalidInputError(f"no stored webhook event {event_id}")
+        return attempts
+
+    @_redis_boundary
+    def mark_delivered(self, event_id: str, *, at: datetime | None = None) -> None:
+        """Mark delivered: leave the dead letters and the schedule, expire after ``delivered_ttl_s``."""
+        key = self._require(event_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, mapping={"state": "delivered", "delivered_at": _iso(at)})
+        pipe.zrem(self._dead_key, event_id)
+        pipe.zrem(self._deferred_key, event_id)
+        pipe.expire(key, self.delivered_ttl_s)
+        pipe.execute()
+
+    # ------------------------------------------------------------------ dead letters
+    @_redis_boundary
+    def dead_letter(self, event_id: str, reason: str, *, at: datetime | None = None) -> None:
+        """Keep an event that could not be delivered, with ``reason``, until replayed or removed."""
+        key = self._require(event_id)
+        moment = _utc(at)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, mapping={"state": "dead", "dead_reason": reason, "dead_lettered_at": _iso(moment)})
+        pipe.persist(key)
+        pipe.zadd(self._dead_key, {event_id: moment.timestamp()})
+        pipe.zrem(self._deferred_key, event_id)
+        pipe.execute()
+        logger.warning("webhook event %s dead-lettered", event_id)
+
+    @_redis_boundary
+    def list_dead_letters(self, since: datetime | None = None) -> list[EventRecord]:
+        """Dead letters, oldest first; with ``since``, only those dead-lettered at or after it."""
+        low: float | str = _utc(since).timestamp() if since is not None else "-inf"
+        ids = [_text(item) for item in self.client.zrangebyscore(self._dead_key, low, "+inf")]
+        records = [self.get(event_id) for event_id in ids]
+        return [record for record in records if record is not None]
+
+    @_redis_boundary
+    def remove_dead_letter(self, event_id: str) -> bool:
+        """Discard a dead letter for good; False when ``event_id`` is not one."""
+        if not self.client.zrem(self._dead_key, event_id):
+            return False
+        self.client.delete(self._event_key(event_id))
+        logger.info("dead letter %s removed", event_id)
+        return True
+
+    # ------------------------------------------------------------------ deferred retries
+    @_redis_boundary
+    def defer(self, event_id: str, due_at: datetime) -> None:
+        """Schedule a retry at ``due_at`` durably (for waits too long for a Celery countdown)."""
+        self._require(event_id)
+        self.client.zadd(self._deferred_key, {event_id: _utc(due_at).timestamp()})
+
+    @_redis_boundary
+    def claim_due(self, now: datetime | None = None, limit: int = 100) -> list[str]:
+        """Take up to ``limit`` events due at ``now`` (oldest due first) off the schedule.
+
+        Atomic (one Lua script): concurrent callers get disjoint ids, and an empty answer means
+        nothing is due. A claimed id has left the schedule: the caller must enqueue its retry.
+        """
+        if not 1 <= limit <= MAX_CLAIM:
+            raise InvalidInputError(f"limit must be between 1 and {MAX_CLAIM}, got {limit}")
+        claimed = self._claim_due(keys=[self._deferred_key], args=[_utc(now).timestamp(), limit])
+        return [_text(item) for item in claimed]
+
+    # ------------------------------------------------------------------ internals
+    def _event_key(self, event_id: str) -> str:
+        return f"{self.prefix}:webhook:event:{event_id}"
+
+    def _require(self, event_id: str) -> str:
+        key = self._event_key(event_id)
+        if not self.client.hexists(key, "event"):
+            raise InvalidInputError(f"no stored webhook event {event_id}")
+        return key
+
+
+def _encode_event(event: WebhookEvent) -> str:
+    return json.dumps(
+        {
+            "event_id": event.event_id,
+            "body_b64": base64.b64encode(event.body).decode("ascii"),
+            "created_at": _iso(event.created_at),
+            "model_name": event.model_name,
+            "version": event.version,
+            "job_id": event.job_id,
+        }
+    )
+
+
+def _decode_record(fields: dict[str, str], due: float | None) -> EventRecord:
+    data = json.loads(fields["event"])
+    event = WebhookEvent(
+        event_id=data["event_id"],
+        body=base64.b64decode(data["body_b64"]),
+        created_at=datetime.fromisoformat(data["created_at"]),
+        model_name=data["model_name"],
+        version=data["version"],
+        job_id=data["job_id"],
+    )
+    status = fields.get("last_status_code")
+    return EventRecord(
+        event=event,
+        state=fields.get("state", "pending"),  # type: ignore[arg-type]
+        attempts=int(fields.get("attempts", 0)),
+        first_attempt_at=_parse_time(fields.get("first_attempt_at")),
+        last_attempt_at=_parse_time(fields.get("last_attempt_at")),
+        last_status_code=int(status) if status else None,
+        last_error=fields.get("last_error") or None,
+        dead_reason=fields.get("dead_reason") or None,
+        dead_lettered_at=_parse_time(fields.get("dead_lettered_at")),
+        delivered_at=_parse_time(fields.get("delivered_at")),
+        deferred_until=datetime.fromtimestamp(due, UTC) if due is not None else None,
+    )
+
+
+def _utc(moment: datetime | None) -> datetime:
+    if moment is None:
+        return datetime.now(UTC)
+    if moment.tzinfo is None:
+        raise InvalidInputError(f"times must be timezone-aware, got naive {moment.isoformat()}")
+    return moment.astimezone(UTC)
+
+
+def _iso(moment: datetime | None) -> str:
+    return _utc(moment).isoformat()
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

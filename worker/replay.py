@@ -1,0 +1,66 @@
+"""Operator replay of dead-lettered webhook events.
+
+Each dead letter is sent again with its stored body and idempotency key (receivers deduplicate
+on it). Delivered ones leave the dead letters; the rest stay, with the new attempt recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import httpx
+
+from hokusai_registry.errors import WebhookDeliveryError, WebhookRejectedError
+from hokusai_registry.settings import Settings
+from worker.delivery import deliver_and_record
+from worker.event_store import EventStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplayReport:
+    """Event ids delivered, and those still dead-lettered with why."""
+
+    delivered: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def replay_dead_letters(
+    store: EventStore,
+    *,
+    settings: Settings,
+    event_ids: Collection[str] | None = None,
+    since: datetime | None = None,
+    client: httpx.Client | None = None,
+) -> ReplayReport:
+    """Send dead letters again: the ones named in ``event_ids``, else all dead-lettered since ``since``
+    (all of them when both are None).
+
+    An id in ``event_ids`` that is not a dead letter is reported in ``failed``.
+
+    Raises:
+        ConfigurationError: no ``WEBHOOK_URL``, or the URL/secret breaks the policy (nothing sent).
+        BrokerUnavailableError: Redis is unreachable.
+    """
+    records = store.list_dead_letters(since)
+    report = ReplayReport()
+    if event_ids is not None:
+        records = [record for record in records if record.event.event_id in event_ids]
+        found = {record.event.event_id for record in records}
+        report.failed.update({event_id: "not a dead letter" for event_id in event_ids if event_id not in found})
+    with nullcontext(client) if client is not None else httpx.Client() as shared_client:
+        for record in records:
+            event_id = record.event.event_id
+            try:
+                deliver_and_record(store, record, settings=settings, client=shared_client)
+            except (WebhookDeliveryError, WebhookRejectedError) as exc:
+                report.failed[event_id] = str(exc)
+            else:
+                report.delivered.append(event_id)
+    logger.info("replay: %d delivered, %d still dead-lettered", len(report.delivered), len(report.failed))
+    return report

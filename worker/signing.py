@@ -1,0 +1,102 @@
+"""Request headers of a webhook attempt, with both signatures the contract asks for.
+
+* ``X-Hokusai-Signature: sha256=<hex>``: HMAC-SHA256 of the body, keyed by the configured
+  secret string's UTF-8 bytes, whatever its form (what the marketplace verifies today).
+* ``webhook-signature: v1,<base64>`` (Standard Webhooks): HMAC-SHA256 of
+  ``"{webhook-id}.{webhook-timestamp}.{body}"`` keyed by :func:`standard_webhooks_key`:
+
+  - ``whsec_<base64>`` → the base64-decoded bytes (the Standard Webhooks convention);
+  - any other text → its UTF-8 bytes, as-is. The official package base64-decodes every *string*
+    it is given, so a receiver using it with a plain-text secret passes the bytes:
+    ``Webhook(secret.encode())`` (or the string ``"whsec_" + base64(secret)``).
+
+Only with ``allow_unsigned`` (``WEBHOOK_ALLOW_UNSIGNED``) may ``secret`` be None; the signature
+headers are then left out and everything else is sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+
+from hokusai_registry import __version__
+from hokusai_registry.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+STANDARD_SECRET_PREFIX = "whsec_"
+USER_AGENT = f"hokusai-registry/{__version__}"
+HOKUSAI_SIGNATURE_HEADER = "X-Hokusai-Signature"
+IDEMPOTENCY_HEADER = "X-Hokusai-Idempotency-Key"
+
+
+def standard_webhooks_key(secret: str) -> bytes:
+    """The HMAC key of ``webhook-signature`` for a configured secret (see the module docstring).
+
+    Raises:
+        ConfigurationError: a ``whsec_`` secret whose rest is not base64, or an empty key.
+    """
+    if secret.startswith(STANDARD_SECRET_PREFIX):
+        encoded = secret.removeprefix(STANDARD_SECRET_PREFIX)
+        try:
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ConfigurationError("WEBHOOK_SECRET starts with 'whsec_' but the rest is not base64") from exc
+    else:
+        key = secret.encode("utf-8")
+    if not key:
+        raise ConfigurationError("WEBHOOK_SECRET is empty")
+    return key
+
+
+def hokusai_signature(body: bytes, secret: str) -> str:
+    """The ``X-Hokusai-Signature`` value: ``sha256=`` + hex HMAC-SHA256 of ``body``."""
+    digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def standard_signature(body: bytes, event_id: str, timestamp: int, secret: str) -> str:
+    """The ``webhook-signature`` value: ``v1,`` + base64 HMAC of ``"{id}.{timestamp}.{body}"``."""
+    signed = f"{event_id}.{timestamp}.".encode() + body
+    digest = hmac.new(standard_webhooks_key(secret), signed, hashlib.sha256).digest()
+    return f"v1,{base64.b64encode(digest).decode('ascii')}"
+
+
+def signature_headers(
+    body: bytes,
+    event_id: str,
+    secret: str | None,
+    timestamp: int,
+    *,
+    allow_unsigned: bool = False,
+) -> dict[str, str]:
+    """Every header of one attempt: content type, user agent, idempotency key and signatures.
+
+    Args:
+        body: the exact bytes sent.
+        event_id: the idempotency key, also ``webhook-id``.
+        secret: the configured secret; None only together with ``allow_unsigned``.
+        timestamp: Unix seconds of this attempt (``webhook-timestamp``).
+        allow_unsigned: ``WEBHOOK_ALLOW_UNSIGNED``; permits ``secret=None``.
+    Raises:
+        ConfigurationError: no secret and unsigned sending not allowed, or a malformed secret.
+    """
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        IDEMPOTENCY_HEADER: event_id,
+        "webhook-id": event_id,
+        "webhook-timestamp": str(timestamp),
+    }
+    if not secret:
+        if not allow_unsigned:
+            raise ConfigurationError(
+                "WEBHOOK_SECRET is not set; set it, or WEBHOOK_ALLOW_UNSIGNED=true for local development only"
+            )
+        return headers
+    headers[HOKUSAI_SIGNATURE_HEADER] = hokusai_signature(body, secret)
+    headers["webhook-signature"] = standard_signature(body, event_id, timestamp, secret)
+    return headers
