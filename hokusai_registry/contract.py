@@ -20,6 +20,8 @@ SCHEMA_VERSION = 1
 #: Celery task names (producers publish by name; the worker registers these names).
 REGISTER_TASK = "hokusai.register_model"
 WEBHOOK_TASK = "hokusai.emit_webhook"
+#: Sends an event already stored (a deferred retry, or a re-sent event); internal to workers.
+DELIVER_WEBHOOK_TASK = "hokusai.deliver_webhook"
 
 #: Queues: registrations and webhooks scale and fail independently.
 REGISTRATION_QUEUE = "hokusai.registrations"

@@ -80,7 +80,13 @@ class Settings(BaseSettings):
         description="Redis redelivery timeout of an unacked message; must exceed the longest task plus "
         "the longest retry delay, or a waiting task is delivered twice.",
     )
-    result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
+    unacked_restore_interval_s: int = Field(
+        default=10,
+        gt=0,
+        description="How often workers sweep Redis for messages a dead worker left unacked; such a "
+        "message runs again VISIBILITY_TIMEOUT_S after delivery, plus up to this interval.",
+    )
+    result_expires_s: int = Field(default=7 * 24 * 3600, gt=0, description="How long task results are kept.")
     enqueue_retry_s: float = Field(default=10.0, ge=0, description="How long a producer retries a Redis blip.")
 
     # --- webhooks ------------------------------------------------------------------------
@@ -92,7 +98,12 @@ class Settings(BaseSettings):
     webhook_read_timeout_s: float = Field(default=15.0, gt=0)
     webhook_max_attempts: int = Field(default=10, ge=1)
     webhook_backoff_base_s: float = Field(default=2.0, gt=0)
-    webhook_backoff_max_s: float = Field(default=600.0, gt=0)
+    webhook_backoff_max_s: float = Field(
+        default=600.0, gt=0, description="Cap of one in-memory retry wait; longer waits use the durable schedule."
+    )
+    webhook_schedule_poll_s: float = Field(
+        default=5.0, gt=0, description="How often each worker hands due deferred webhook retries to a task."
+    )
 
     # --- logging -------------------------------------------------------------------------
     log_level: str = Field(default="INFO")

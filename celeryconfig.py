@@ -1,0 +1,64 @@
+"""Celery's own settings, derived from the one Settings object (see hokusai_registry.settings).
+
+Nothing is configured here by hand: change the environment variables, not this file.
+See ../shared/reference/celery-notes.md (or docs/scaling.md) for why each value is what it is.
+"""
+
+from __future__ import annotations
+
+from kombu import Queue
+
+from hokusai_registry.contract import (
+    DELIVER_WEBHOOK_TASK,
+    REGISTER_TASK,
+    REGISTRATION_QUEUE,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK,
+)
+from hokusai_registry.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.redis_url
+result_backend = _settings.redis_url
+broker_connection_retry_on_startup = True
+
+# JSON only: a pickle message from an open broker is remote code execution.
+accept_content = ["json"]
+task_serializer = "json"
+result_serializer = "json"
+event_serializer = "json"
+
+# Delivery: ack after the task returns, requeue when the process running it dies, one message at a time.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+# Must exceed the longest task plus the longest retry countdown (Settings validates this),
+# or Redis redelivers a message that is still being worked on or waiting for its retry.
+broker_transport_options = {
+    "visibility_timeout": _settings.visibility_timeout_s,
+    # Sweep for a dead worker's unacked messages every interval (kombu's default is ~100 s).
+    "unacked_restore_interval": _settings.unacked_restore_interval_s,
+    "unacked_restore_throttle": 1,
+}
+result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout_s}
+task_time_limit = _settings.task_time_limit_s
+# The soft limit raises inside the task first, so it can clean up (10% of the hard limit earlier).
+task_soft_time_limit = max(1, _settings.task_time_limit_s - max(1, _settings.task_time_limit_s // 10))
+
+# Monitoring (Flower): task events from workers and producers; started state recorded.
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+result_extended = True
+result_expires = _settings.result_expires_s
+
+# Registrations and webhooks on their own queues, so a slow marketplace never delays registrations.
+task_queues = (Queue(REGISTRATION_QUEUE), Queue(WEBHOOK_QUEUE))
+task_default_queue = REGISTRATION_QUEUE
+task_routes = {
+    REGISTER_TASK: {"queue": REGISTRATION_QUEUE},
+    WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
+    DELIVER_WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
+}
+worker_hijack_root_logger = False

@@ -1,0 +1,89 @@
+"""Logging: every line of a job carries its job_id, model_uuid, version and event id.
+
+``bind(job_id=...)`` sets the context for the current task; a filter copies it onto every
+record, and ``LOG_FORMAT=json`` prints one JSON object per line. Secrets are never bound.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+from hokusai_registry.settings import Settings
+
+CONTEXT_FIELDS = ("job_id", "model_uuid", "version", "event_id")
+_context: ContextVar[dict[str, str]] = ContextVar("hokusai_log_context", default={})
+
+
+def bind(**fields: object) -> None:
+    """Add fields to the log context of the current task (None values are ignored)."""
+    current = dict(_context.get())
+    current.update({key: str(value) for key, value in fields.items() if value is not None})
+    _context.set(current)
+
+
+def clear() -> None:
+    """Forget the log context (at the end of a task)."""
+    _context.set({})
+
+
+@contextmanager
+def bound(**fields: object) -> Iterator[None]:
+    """``bind`` for the length of a ``with`` block."""
+    token = _context.set({**_context.get(), **{k: str(v) for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the bound context onto each record (missing fields become '-')."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = _context.get()
+        for field in CONTEXT_FIELDS:
+            setattr(record, field, context.get(field, "-"))
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC), level, logger, message, context, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in CONTEXT_FIELDS:
+            value = getattr(record, field, "-")
+            if value != "-":
+                entry[field] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+TEXT_FORMAT = (
+    "%(asctime)s %(levelname)s %(name)s [job_id=%(job_id)s model_uuid=%(model_uuid)s "
+    "version=%(version)s event_id=%(event_id)s] %(message)s"
+)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Send logs to stderr in the configured format, with the job context on every line."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    for noisy in ("urllib3", "alembic", "botocore", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,128 @@
+"""Shared fixtures: a real MLflow sqlite store per test, a real Redis database per test.
+
+Services are never mocked and never skipped: a test that needs Redis or PostgreSQL fails
+with a message naming the service when it is missing (``scripts/test.sh`` starts them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TEST_REDIS_DB = int(os.environ.get("HOKUSAI_TEST_REDIS_DB", "15"))
+TEST_REDIS_URL = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Fail (never skip) when a service the test needs is not reachable."""
+    if not port_open(host, port):
+        pytest.fail(f"{name} is not reachable on {host}:{port}; start it (scripts/services.sh does)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No test reads the developer's settings, and each test's HOKUSAI_HOME is its own."""
+    for key in list(os.environ):
+        if key.startswith(("WEBHOOK_", "MLFLOW_TRACKING", "REDIS_URL", "HOKUSAI_HOME", "ALLOWED_ARTIFACT")):
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOKUSAI_HOME", str(tmp_path / "home"))
+    from hokusai_registry.settings import get_settings
+
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty sqlite store, made once; each test copies it (migrations take seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    db = folder / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def tracking_uri(_mlflow_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, real MLflow sqlite tracking store in this test's temp dir."""
+    store = tmp_path / "mlflow"
+    store.mkdir()
+    shutil.copy(_mlflow_template, store / "mlflow.db")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture
+def registry(tracking_uri: str):  # type: ignore[no-untyped-def]
+    from worker.registry import HokusaiModelRegistry
+
+    return HokusaiModelRegistry(tracking_uri)
+
+
+@pytest.fixture
+def redis_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real Redis database reserved for tests, empty before and after the test."""
+    import redis
+
+    require_service("Redis", "127.0.0.1", 6379)
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    client.flushdb()
+    monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
+    yield TEST_REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def sk_model():  # type: ignore[no-untyped-def]
+    """A small fitted scikit-learn classifier on three named float columns."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(rng.random((40, 3)), columns=["f0", "f1", "f2"])
+    target = (frame["f0"] > 0.5).astype(int)
+    return LogisticRegression().fit(frame, target)
+
+
+@pytest.fixture
+def example_records() -> list[dict[str, float]]:
+    return [{"f0": 0.1, "f1": 0.2, "f2": 0.3}, {"f0": 0.9, "f1": 0.8, "f2": 0.7}]
+
+
+@pytest.fixture
+def staging(tmp_path: Path) -> Path:
+    """$HOKUSAI_HOME/staging: where pipelines stage models, and the default allowed artifact root."""
+    folder = tmp_path / "home" / "staging"
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.fixture
+def worker_env(tracking_uri: str, redis_url: str) -> dict[str, str]:
+    """Environment for a worker process sharing this test's MLflow store and Redis database."""
+    return {"MLFLOW_TRACKING_URI": tracking_uri, "REDIS_URL": redis_url}

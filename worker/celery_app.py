@@ -1,0 +1,87 @@
+"""The Celery application: ``celery -A worker worker`` finds it as ``worker.app``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Celery, bootsteps, signals
+
+from hokusai_registry import log
+from hokusai_registry.settings import get_settings
+
+# One retry layer per call: Celery owns the long backoff between attempts, so MLflow's own
+# HTTP client should fail fast instead of retrying for minutes inside one attempt.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+
+app = Celery("hokusai-registry", include=["worker.tasks"])
+app.config_from_object("celeryconfig")
+
+
+class StartupChecks(bootsteps.Step):
+    """Refuse to start a worker whose settings cannot work (e.g. webhooks with no secret)."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        from worker.delivery import check_webhook_config
+
+        check_webhook_config(get_settings())
+        super().__init__(parent, **kwargs)
+
+
+class DeferredWebhookPump(bootsteps.StartStopStep):
+    """Every WEBHOOK_SCHEDULE_POLL_S, hand deferred webhook retries that came due to tasks.
+
+    Retries that must wait longer than an in-memory countdown may (see VISIBILITY_TIMEOUT_S)
+    wait in a Redis sorted set instead; every worker polls it, and each due event is claimed
+    by exactly one of them.
+    """
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.timer_ref: Any = None
+
+    def start(self, parent: Any) -> None:
+        self.timer_ref = parent.timer.call_repeatedly(get_settings().webhook_schedule_poll_s, self.pump)
+
+    def stop(self, parent: Any) -> None:
+        if self.timer_ref is not None:
+            self.timer_ref.cancel()
+
+    @staticmethod
+    def pump() -> None:
+        from worker.tasks import pump_deferred_webhooks
+
+        try:
+            pump_deferred_webhooks()
+        except Exception:  # a Redis blip must not stop the timer; the next tick tries again
+            logging.getLogger(__name__).exception("could not hand over deferred webhooks")
+
+
+app.steps["worker"].update({StartupChecks, DeferredWebhookPump})
+
+
+@signals.setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    """Our format (job context on every line, LOG_FORMAT=json) instead of Celery's."""
+    log.configure_logging(get_settings())
+
+
+@signals.task_prerun.connect
+def _bind_job_context(task_id: str | None = None, args: tuple[Any, ...] | None = None, **_: Any) -> None:
+    log.clear()
+    payload = args[0] if args and isinstance(args[0], dict) else {}
+    log.bind(
+        job_id=payload.get("job_id") or task_id,
+        model_uuid=payload.get("model_uuid"),
+        version=payload.get("version"),
+    )
+
+
+@signals.task_postrun.connect
+def _clear_job_context(**_: Any) -> None:
+    log.clear()

@@ -1,0 +1,160 @@
+"""Register one queued job, idempotently. The Celery task is a thin wrapper around this.
+
+The same ``job_id`` processed twice yields one model version, and the second run returns the
+first's result:
+
+1. a version tagged with the job id exists → describe it and return;
+2. a finished LoggedModel tagged with the job id exists (a crash between ``log_model`` and
+   ``register_model``) → register that model, do not log another;
+3. otherwise fetch the artifact, log it as is, register it.
+
+Runs of the same job never overlap: the caller holds a per-job lock (see ``worker.tasks``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import mlflow
+from mlflow.entities import LoggedModelStatus
+
+from hokusai_registry.contract import RegistrationJob
+from hokusai_registry.errors import SignatureError
+from hokusai_registry.settings import Settings
+from worker import artifacts, signatures
+from worker.registry import TAG_JOB_ID, HokusaiModelRegistry, mlflow_boundary
+
+logger = logging.getLogger(__name__)
+
+#: Job fields left out of the result's copy of the job: the example may be large, and the
+#: metadata is already the result's own ``metadata``.
+_JOB_FIELDS_NOT_COPIED = {"input_example", "metadata"}
+
+
+def register_job(job: RegistrationJob, registry: HokusaiModelRegistry, settings: Settings) -> dict[str, Any]:
+    """Register ``job`` (exactly one model version per job id) and return its result.
+
+    Raises:
+        InvalidInputError: the job cannot succeed (forbidden or missing artifact, bad signature).
+        RegistryUnavailableError: MLflow could not be reached; the caller retries.
+    """
+    job_id = str(job.job_id)
+    existing = registry.find_version_by_tag(TAG_JOB_ID, job_id)
+    if existing is not None:
+        logger.info("job already registered as %s/%s; returning that result", existing.name, existing.version)
+        return _job_result(registry.describe_version(existing), job, replayed=True)
+
+    artifacts.check_artifact_uri(job.artifact_uri, settings)
+    name, model_type, version_tags = _naming(job, registry)
+    logged = _finished_logged_model(registry, job_id)
+    if logged is not None:
+        logger.info("resuming job: logged model %s exists, registering it", logged.model_uuid)
+        result = registry.register_logged(
+            _unused_logger,
+            model_name=name,
+            model_type=model_type,
+            is_baseline=job.kind == "baseline",
+            metadata=job.metadata,
+            signature=None,
+            input_example=None,
+            git=_git(job),
+            extra_version_tags=version_tags,
+            existing_model_info=logged,
+        )
+        return _job_result(result, job, replayed=False)
+
+    with artifacts.fetched_model(job.artifact_uri) as model_dir:
+        config = artifacts.read_model_config(model_dir)
+        signature = _effective_signature(job, config)
+        flavor = artifacts.CopiedModelFlavor(model_dir, config, job.pip_requirements)
+
+        def log_model(log_kwargs: dict[str, Any]) -> Any:
+            log_kwargs = dict(log_kwargs)
+            log_kwargs.pop("input_example", None)  # validated above; the model keeps its own example
+            return mlflow.models.Model.log(
+                artifact_path=None,  # deprecated in 3.x in favour of name=, but still positional
+                flavor=flavor,
+                flavor_name=flavor.primary_flavor,
+                validate_serving_input=False,  # would load (unpickle) the model
+                **log_kwargs,
+            )
+
+        result = registry.register_logged(
+            log_model,
+            model_name=name,
+            model_type=model_type,
+            is_baseline=job.kind == "baseline",
+            metadata=job.metadata,
+            signature=signature,
+            input_example=job.input_example,
+            git=_git(job),
+            extra_version_tags=version_tags,
+            extra_logged_model_tags={TAG_JOB_ID: job_id},
+            metrics=job.delta_metrics,
+        )
+    return _job_result(result, job, replayed=False)
+
+
+def _naming(job: RegistrationJob, registry: HokusaiModelRegistry) -> tuple[str, str, dict[str, str]]:
+    """Registered name, model type and the version tags of a job."""
+    tags = {TAG_JOB_ID: str(job.job_id)}
+    if job.kind == "baseline":
+        return f"hokusai_{job.model_type}_baseline", job.model_type, tags
+    assert job.baseline_id is not None and job.contributor is not None
+    model_type = registry.model_type_of_baseline(job.baseline_id)
+    tags.update(contributor=job.contributor.lower(), baseline_model_id=job.baseline_id)
+    return f"hokusai_{model_type}_improved", model_type, tags
+
+
+def _effective_signature(job: RegistrationJob, config: Any) -> Any:
+    """The job's signature, else the model's own, else one inferred from the input example."""
+    parsed = signatures.parse_signature(job.signature)
+    if parsed is not None:
+        return parsed
+    if config.signature is not None:
+        return config.signature
+    if job.input_example:
+        from mlflow.models import infer_signature
+
+        try:
+            return infer_signature(model_input=signatures.example_frame(job.input_example))
+        except Exception as exc:  # mlflow raises several types for uninferable data
+            raise SignatureError(f"cannot infer a signature from input_example: {exc}") from exc
+    return None
+
+
+def _finished_logged_model(registry: HokusaiModelRegistry, job_id: str) -> Any:
+    """The ``ModelInfo`` of a READY LoggedModel a previous run of this job left unregistered."""
+    with mlflow_boundary("looking for a previous attempt's logged model"):
+        models = mlflow.search_logged_models(
+            experiment_ids=[registry.experiment_id()],
+            filter_string=f"tags.{TAG_JOB_ID} = '{job_id}'",
+            output_format="list",
+        )
+        ready = [m for m in models if m.status == LoggedModelStatus.READY]
+        if not ready:
+            return None
+        oldest = min(ready, key=lambda m: m.creation_timestamp)
+        return mlflow.models.get_model_info(f"models:/{oldest.model_id}")
+
+
+def _unused_logger(_: dict[str, Any]) -> Any:
+    raise AssertionError("not called when existing_model_info is given")
+
+
+def job_of_result(result: dict[str, Any]) -> RegistrationJob:
+    """The job a registration result came from (what the webhook step needs of it)."""
+    return RegistrationJob.model_validate({**result["job"], "metadata": result.get("metadata") or {}})
+
+
+def _git(job: RegistrationJob) -> dict[str, str]:
+    return {key: value for key, value in (job.git.model_dump() if job.git else {}).items() if value}
+
+
+def _job_result(result: dict[str, Any], job: RegistrationJob, *, replayed: bool) -> dict[str, Any]:
+    job_fields = job.model_dump(mode="json", exclude=_JOB_FIELDS_NOT_COPIED)
+    result = {**result, "job": job_fields, "job_id": str(job.job_id), "replayed": replayed}
+    if job.kind == "improved":
+        result.update(baseline_id=job.baseline_id, contributor=job.contributor, delta_metrics=job.delta_metrics)
+    return result

@@ -1,0 +1,193 @@
+"""Celery tasks: thin wrappers that validate input, call plain functions, and decide retries.
+
+Retry policy, declared once from the error tree: ``RetryableError`` → retry with exponential
+backoff and jitter up to a limit, then record the failure; ``PermanentError`` → record the
+failure at once, never retry. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from celery import Task
+from pydantic import ValidationError
+
+from hokusai_registry import failed_jobs, log
+from hokusai_registry.contract import DELIVER_WEBHOOK_TASK, REGISTER_TASK, WEBHOOK_TASK, RegistrationJob
+from hokusai_registry.errors import HokusaiError, InvalidJobError, PermanentError, RetryableError
+from hokusai_registry.settings import Settings, get_settings
+from worker import backoff, delivery, events
+from worker.celery_app import app
+from worker.event_store import EventStore
+from worker.registration import job_of_result, register_job
+from worker.registry import HokusaiModelRegistry
+
+logger = logging.getLogger(__name__)
+
+_registry: HokusaiModelRegistry | None = None
+_redis: redis.Redis | None = None
+_event_store: EventStore | None = None
+
+
+def get_registry() -> HokusaiModelRegistry:
+    """This worker process's registry (made after fork, on first use)."""
+    global _registry
+    if _registry is None:
+        _registry = HokusaiModelRegistry()
+    return _registry
+
+
+def get_redis() -> redis.Redis:
+    """This worker process's Redis client for locks and the failure stores."""
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(get_settings().redis_url)
+    return _redis
+
+
+@contextmanager
+def job_lock(job_id: str, settings: Settings) -> Iterator[None]:
+    """Hold the per-job lock so two deliveries of one job never register concurrently.
+
+    The lock expires with the task time limit, so a SIGKILLed holder cannot block a redelivery.
+    """
+    lock = get_redis().lock(
+        f"hokusai:lock:job:{job_id}",
+        timeout=settings.task_time_limit_s,
+        blocking_timeout=max(1, settings.task_time_limit_s - 5),
+    )
+    try:
+        acquired = lock.acquire()
+    except redis.RedisError as exc:
+        raise RetryableError(f"cannot take the job lock in Redis: {exc}") from exc
+    if not acquired:
+        raise RetryableError(f"job {job_id} is still being processed by another worker")
+    try:
+        yield
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            logger.warning("job lock for %s expired before release", job_id)
+
+
+def parse_job(payload: Any) -> RegistrationJob:
+    """Validate a job payload again on the worker side (producers may be older or foreign)."""
+    try:
+        return RegistrationJob.model_validate(payload)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors()
+        )
+        raise InvalidJobError(f"invalid registration job: {problems}") from None
+
+
+def retry_countdown(task: Task, exc: RetryableError, *, base_s: float, max_s: float) -> float | None:
+    """Seconds until the next attempt, or None when the task has used up its retries."""
+    failed_attempt = task.request.retries + 1
+    if task.max_retries is not None and task.request.retries >= task.max_retries:
+        return None
+    delay = backoff.retry_delay(failed_attempt, retry_after_s=exc.retry_after_s, base_s=base_s, max_s=max_s)
+    logger.warning("attempt %d failed (%s); retrying in %.1fs", failed_attempt, exc, delay)
+    return delay
+
+
+@app.task(name=REGISTER_TASK, bind=True, max_retries=get_settings().registry_max_retries)
+def register_model(self: Task, job: dict[str, Any]) -> dict[str, Any]:
+    """Register one job's model; the result (with the ModelVersion) feeds the webhook task."""
+    settings = get_settings()
+    job_id = str(job.get("job_id") or self.request.id) if isinstance(job, dict) else str(self.request.id)
+    try:
+        parsed = parse_job(job)
+        with job_lock(job_id, settings):
+            result = register_job(parsed, get_registry(), settings)
+        log.bind(model_uuid=result["model_uuid"], version=result["version"])
+        return result
+    except RetryableError as exc:
+        countdown = retry_countdown(
+            self, exc, base_s=settings.registry_backoff_base_s, max_s=settings.registry_backoff_max_s
+        )
+        if countdown is None:
+            _record_failure(job_id, job, exc, attempts=self.request.retries + 1)
+            raise
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    except PermanentError as exc:
+        _record_failure(job_id, job, exc, attempts=self.request.retries + 1)
+        raise
+    except HokusaiError:
+        raise
+    except Exception as exc:
+        # Unknown errors are treated as permanent: recorded with their type, never lost.
+        _record_failure(job_id, job, exc, attempts=self.request.retries + 1)
+        raise
+
+
+@app.task(name=WEBHOOK_TASK, bind=True, max_retries=None)
+def emit_webhook(self: Task, result: dict[str, Any]) -> dict[str, Any]:
+    """Build the marketplace event of a registration once, store it, and send it.
+
+    Attempts are counted in the event store (``WEBHOOK_MAX_ATTEMPTS``), not by Celery, so the
+    count survives crashes and the durable schedule.
+    """
+    job = job_of_result(result)
+    summary = {"job_id": str(job.job_id), "model_name": result["model_name"], "version": result["version"]}
+    reason = events.skip_reason(job)
+    if reason is not None:
+        logger.info("no webhook for %s/%s: %s", result["model_name"], result["version"], reason)
+        return {**summary, "status": "skipped", "reason": reason}
+    event = get_event_store().save_if_absent(events.build_event(result, job))
+    return {**summary, **_send_event(self, event.event_id)}
+
+
+@app.task(name=DELIVER_WEBHOOK_TASK, bind=True, max_retries=None)
+def deliver_webhook(self: Task, event_id: str) -> dict[str, Any]:
+    """Send an event that is already stored (a deferred retry that came due)."""
+    return _send_event(self, event_id)
+
+
+def _send_event(task: Task, event_id: str) -> dict[str, Any]:
+    log.bind(event_id=event_id)
+    outcome = delivery.send_stored_event(get_event_store(), event_id, settings=get_settings())
+    if outcome.status == "retry":
+        assert outcome.countdown_s is not None
+        logger.warning("webhook attempt %d failed (%s); retrying in %.1fs", outcome.attempt, outcome.reason,
+                       outcome.countdown_s)  # fmt: skip
+        raise task.retry(countdown=outcome.countdown_s)
+    logger.info("webhook %s: %s after %d attempt(s)", event_id, outcome.status, outcome.attempt)
+    return outcome.as_dict()
+
+
+def pump_deferred_webhooks(limit: int = 100) -> int:
+    """Hand every deferred event that is due to a ``deliver_webhook`` task; returns how many."""
+    claimed = get_event_store().claim_due(limit=limit)
+    for event_id in claimed:
+        deliver_webhook.apply_async(args=[event_id])
+    return len(claimed)
+
+
+def get_event_store() -> EventStore:
+    """This process's webhook event store (in the broker's Redis)."""
+    global _event_store
+    if _event_store is None:
+        _event_store = EventStore(get_redis(), delivered_ttl_s=get_settings().result_expires_s)
+    return _event_store
+
+
+def _record_failure(job_id: str, job: Any, exc: BaseException, *, attempts: int) -> None:
+    try:
+        failed_jobs.record_failure(
+            get_redis(),
+            job_id=job_id,
+            reason=str(exc),
+            error_type=failed_jobs.error_type_of(exc),
+            job=job if isinstance(job, dict) else {"raw": repr(job)[:1000]},
+            attempts=attempts,
+            task=REGISTER_TASK,
+        )
+    except redis.RedisError:
+        logger.exception("could not record the failure of job %s", job_id)
+    logger.error("job %s failed permanently after %d attempt(s): %s", job_id, attempts, exc)
