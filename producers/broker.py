@@ -1,0 +1,151 @@
+"""The producer's view of Redis: minimal JSON-only Celery apps and one bounded retry layer.
+
+Two apps per Redis URL: one that only publishes (no result backend, so enqueueing never opens
+a result subscription) and one that only reads results. Both refuse pickle. Celery's and
+kombu's own publish/connect retries are switched off so that tenacity, bounded by
+``ENQUEUE_RETRY_S``, is the single retry layer around each call (see docs/style: one retry
+layer per call).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import kombu.exceptions
+import redis.exceptions
+from celery import Celery
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_exponential_jitter
+
+from hokusai_registry.errors import BrokerUnavailableError, ConfigurationError
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait for one TCP connect to Redis; the retry budget is ENQUEUE_RETRY_S on top.
+CONNECT_TIMEOUT_S = 3.0
+
+_JSON_ONLY: dict[str, Any] = {
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "accept_content": ["json"],
+    "result_accept_content": ["json"],
+    "task_send_sent_event": True,  # Flower sees the task as SENT
+    "task_publish_retry": False,  # tenacity is the one retry layer
+    "broker_connection_timeout": CONNECT_TIMEOUT_S,
+    "broker_transport_options": {
+        "max_retries": 0,  # no hidden kombu reconnect loop
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": CONNECT_TIMEOUT_S * 2,
+    },
+    "result_backend_transport_options": {"retry_policy": {"max_retries": 0}},
+    "redis_socket_connect_timeout": CONNECT_TIMEOUT_S,
+    "redis_socket_timeout": CONNECT_TIMEOUT_S * 2,
+}
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (in the user-info or a ``password=`` query) replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, sep, _ = userinfo.partition(":")
+        # "redis://secret@host": treat a lone user-info as a password too.
+        netloc = f"{user if sep else ''}:***@{host}"
+    query = parts.query
+    if query:
+        pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        query = urlencode(pairs, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+@lru_cache(maxsize=8)
+def publisher_app(redis_url: str) -> Celery:
+    """A Celery app that publishes to ``redis_url`` by task name and stores no results."""
+    app = Celery("hokusai-producer", broker=redis_url, set_as_current=False)
+    app.conf.update(_JSON_ONLY)
+    return app
+
+
+@lru_cache(maxsize=8)
+def results_app(redis_url: str) -> Celery:
+    """A Celery app that reads task states and results from the Redis backend at ``redis_url``."""
+    app = Celery("hokusai-results", broker=redis_url, backend=redis_url, set_as_current=False)
+    app.conf.update(_JSON_ONLY)
+    return app
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` (if any) replaced by ``***``."""
+    password = urlsplit(url).password
+    for key, value in parse_qsl(urlsplit(url).query):
+        if key.lower() == "password":
+            password = value
+    return text.replace(password, "***") if password else text
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for connection-level failures worth retrying (not for a wrong password)."""
+    causes = _chain(exc)
+    if any(isinstance(c, redis.exceptions.AuthenticationError) for c in causes):
+        return False
+    transient = (
+        kombu.exceptions.OperationalError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        ConnectionError,
+        TimeoutError,
+        socket.gaierror,
+    )
+    return any(isinstance(c, transient) for c in causes)
+
+
+def _log_retry(state: RetryCallState, redis_url: str, action: str) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    delay = state.next_action.sleep if state.next_action else 0.0
+    logger.warning(
+        "Redis at %s unreachable while %s (attempt %d: %s); retrying in %.2fs",
+        redact_url(redis_url), action, state.attempt_number, scrub(str(exc), redis_url), delay,
+    )
+
+
+def call_with_retry(fn: Callable[[], T], *, redis_url: str, retry_s: float, action: str) -> T:
+    """Run ``fn``; retry transient Redis failures for about ``retry_s`` seconds, then give up.
+
+    Raises:
+        BrokerUnavailableError: Redis stayed unreachable; the message names the URL (no password).
+        ConfigurationError: Redis refused the credentials in ``REDIS_URL``.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_before_delay(retry_s),
+        wait=wait_exponential_jitter(initial=0.1, max=2.0, jitter=0.1),
+        reraise=True,
+        before_sleep=lambda state: _log_retry(state, redis_url, action),
+    )
+    try:
+        return retrying(fn)
+    except Exception as exc:
+        if any(isinstance(c, redis.exceptions.AuthenticationError) for c in _chain(exc)):
+            raise ConfigurationError(f"Redis at {redact_url(redis_url)} refused the credentials in REDIS_URL") from exc
+        if is_transient(exc):
+            raise BrokerUnavailableError(
+                f"Redis at {redact_url(redis_url)} is unreachable while {action} "
+                f"(gave up after retrying for {retry_s:g}s, ENQUEUE_RETRY_S): "
+                f"{type(exc).__name__}: {scrub(str(exc), redis_url)}"
+            ) from exc
+        raise

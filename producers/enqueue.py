@@ -1,0 +1,162 @@
+"""Enqueue registration jobs by task name, and read back how they went.
+
+What a worker receives (Celery message protocol 2, JSON):
+
+* task ``REGISTER_TASK`` on queue ``REGISTRATION_QUEUE``, task id = the job id,
+  ``args = [job.model_dump(mode="json")]``, no kwargs;
+* chained to ``WEBHOOK_TASK`` on ``WEBHOOK_QUEUE`` with task id ``webhook_task_id(job_id)``,
+  which Celery calls with the registration's return value as its only argument.
+
+Nothing here imports mlflow or the worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from celery import chain
+from celery.states import READY_STATES
+
+from hokusai_registry.contract import (
+    REGISTER_TASK,
+    REGISTRATION_QUEUE,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK,
+    RegistrationJob,
+)
+from hokusai_registry.errors import InvalidInputError, RetryableError
+from hokusai_registry.settings import Settings, get_settings
+from producers.broker import call_with_retry, publisher_app, results_app
+from producers.validation import validate_job
+
+#: Seconds between two polls of the result backend in :func:`wait_for_job` (grows to the max).
+POLL_INTERVAL_S = 0.1
+POLL_INTERVAL_MAX_S = 1.0
+
+
+class JobTimeoutError(RetryableError, TimeoutError):
+    """:func:`wait_for_job` reached its deadline before the job finished."""
+
+
+def webhook_task_id(job_id: str | UUID) -> str:
+    """The task id of a job's webhook step (derived, so it can be looked up and is stable on replay)."""
+    return f"{job_id}-webhook"
+
+
+def enqueue_registration(
+    job_or_fields: RegistrationJob | Mapping[str, Any],
+    *,
+    settings: Settings | None = None,
+) -> str:
+    """Validate a registration job and publish it for the workers; return its job id.
+
+    Args:
+        job_or_fields: a :class:`RegistrationJob` or its fields (``job_id`` is generated when absent).
+        settings: default: read from the environment (``REDIS_URL``, ``ENQUEUE_RETRY_S``).
+    Returns:
+        The job id, which is also the Celery task id of the registration step.
+    Raises:
+        InvalidJobError: the job breaks the contract (the message names the fields); nothing is published.
+        BrokerUnavailableError: Redis stayed unreachable for ``ENQUEUE_RETRY_S`` seconds.
+        ConfigurationError: Redis refused the credentials in ``REDIS_URL``.
+
+    Delivery is at least once: a retry after a connection lost mid-publish can publish the job
+    twice under the same job id, which the worker treats as one registration.
+    """
+    settings = settings or get_settings()
+    job = validate_job(job_or_fields)
+    job_id = str(job.job_id)
+    app = publisher_app(settings.redis_url)
+    payload = job.model_dump(mode="json")
+
+    def publish() -> None:  # fresh signatures per attempt: apply_async mutates their options
+        register = app.signature(REGISTER_TASK, args=[payload], task_id=job_id, queue=REGISTRATION_QUEUE)
+        webhook = app.signature(WEBHOOK_TASK, task_id=webhook_task_id(job_id), queue=WEBHOOK_QUEUE)
+        chain(register, webhook, app=app).apply_async()
+
+    call_with_retry(
+        publish, redis_url=settings.redis_url, retry_s=settings.enqueue_retry_s, action=f"enqueueing job {job_id}"
+    )
+    return job_id
+
+
+def job_status(job_id: str | UUID, settings: Settings | None = None) -> dict[str, Any]:
+    """The state of a job from the Celery result backend.
+
+    Returns:
+        ``{"job_id", "state", "result", "error", "date_done", "webhook": {"task_id", "state"}}``;
+        ``state`` is a Celery state (``PENDING`` means queued *or* unknown), ``result`` the
+        registration result once ``SUCCESS``, ``error`` ``{"type", "message"}`` on
+        ``FAILURE``/``RETRY``. When the registration fails, Celery marks the webhook step
+        ``FAILURE`` too (it is never published).
+    Raises:
+        InvalidInputError: ``job_id`` is not a UUID.
+        BrokerUnavailableError: Redis stayed unreachable.
+    """
+    settings = settings or get_settings()
+    task_id = _check_job_id(job_id)
+    app = results_app(settings.redis_url)
+
+    def read() -> dict[str, Any]:
+        status = {"job_id": task_id, **_describe(app.backend.get_task_meta(task_id))}
+        webhook_id = webhook_task_id(task_id)
+        webhook_meta = app.backend.get_task_meta(webhook_id)
+        status["webhook"] = {"task_id": webhook_id, "state": str(webhook_meta.get("status", "PENDING"))}
+        return status
+
+    return call_with_retry(
+        read, redis_url=settings.redis_url, retry_s=settings.enqueue_retry_s, action=f"reading job {task_id}"
+    )
+
+
+def wait_for_job(job_id: str | UUID, timeout_s: float, settings: Settings | None = None) -> dict[str, Any]:
+    """Poll :func:`job_status` until the registration step finished (success or failure).
+
+    Returns:
+        The final :func:`job_status` (``state`` is ``SUCCESS``, ``FAILURE`` or ``REVOKED``).
+    Raises:
+        JobTimeoutError: not finished within ``timeout_s`` seconds (the message gives the last state).
+        InvalidInputError: bad ``job_id`` or a negative ``timeout_s``.
+        BrokerUnavailableError: Redis stayed unreachable.
+    """
+    if timeout_s < 0:
+        raise InvalidInputError(f"timeout_s must be >= 0, got {timeout_s}")
+    settings = settings or get_settings()
+    deadline = time.monotonic() + timeout_s
+    interval = POLL_INTERVAL_S
+    while True:
+        status = job_status(job_id, settings)
+        if status["state"] in READY_STATES:
+            return status
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise JobTimeoutError(
+                f"job {status['job_id']} did not finish within {timeout_s:g}s (last state: {status['state']})"
+            )
+        time.sleep(min(interval, remaining))
+        interval = min(interval * 2, POLL_INTERVAL_MAX_S)
+
+
+def _check_job_id(job_id: str | UUID) -> str:
+    try:
+        return str(UUID(str(job_id)))
+    except ValueError as exc:
+        raise InvalidInputError(f"job_id must be a UUID, got {str(job_id)[:80]!r}") from exc
+
+
+def _describe(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """One consistent snapshot (a single backend read) as the status dict."""
+    state = str(meta.get("status", "PENDING"))
+    payload = meta.get("result")
+    status: dict[str, Any] = {"state": state, "result": None, "error": None, "date_done": None}
+    if isinstance(payload, BaseException):
+        status["error"] = {"type": type(payload).__name__, "message": str(payload)}
+    elif state == "SUCCESS":
+        status["result"] = payload
+    done = meta.get("date_done")
+    if done is not None:
+        status["date_done"] = done.isoformat() if hasattr(done, "isoformat") else str(done)
+    return status

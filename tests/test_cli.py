@@ -1,0 +1,525 @@
+"""The ``hokusai-registry`` CLI (CliRunner and the installed script) and the failed-jobs store it reads.
+
+Real Redis (``redis_url``) and real MLflow (``tracking_uri``); no mocks, no eager mode.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import redis
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from click.testing import CliRunner, Result
+from kombu import Queue
+
+from hokusai_registry import failed_jobs
+from hokusai_registry.cli import main
+from hokusai_registry.contract import (
+    REGISTER_TASK,
+    REGISTRATION_QUEUE,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK,
+    job_json_schema,
+)
+from hokusai_registry.errors import BrokerUnavailableError
+
+SCRIPT = Path(sys.executable).with_name("hokusai-registry")
+WALLET = "0x" + "cd" * 20
+JOB_ID = "0b5d7a52-94a4-4f0e-8a52-0c6f0d3b9a11"
+
+
+def run(*args: str, input: str | None = None) -> Result:
+    """Invoke the CLI in-process; stdout and stderr are kept apart."""
+    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+def queued_jobs(redis_url: str, queue: str = REGISTRATION_QUEUE) -> list[dict[str, Any]]:
+    """The job payloads (first task argument) waiting in ``queue``, oldest first."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        raw = client.lrange(queue, 0, -1)
+    finally:
+        client.close()
+    jobs = []
+    for item in reversed(raw):
+        message = json.loads(item)
+        assert message["headers"]["task"] == REGISTER_TASK
+        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        jobs.append(args[0])
+    return jobs
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ------------------------------------------------------------------ help and schema
+def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield prefix
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _command_paths(command, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+ALL_COMMANDS = list(_command_paths(main))
+
+
+def test_every_command_is_covered() -> None:
+    assert set(ALL_COMMANDS) >= {
+        (),
+        ("schema",),
+        ("enqueue",),
+        ("jobs",),
+        ("jobs", "status"),
+        ("jobs", "failed"),
+        ("backfill-uuids",),
+    }
+
+
+@pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "main")
+def test_help(path: tuple[str, ...]) -> None:
+    result = run(*path, "--help")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"Usage: main {' '.join(path)}".rstrip() + " [OPTIONS]")
+
+
+def test_help_of_the_installed_script() -> None:
+    done = subprocess.run([SCRIPT, "--help"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Usage: hokusai-registry [OPTIONS] COMMAND [ARGS]...")
+    for command in ("schema", "enqueue", "jobs", "backfill-uuids"):
+        assert command in done.stdout
+
+
+def test_schema_prints_the_job_json_schema() -> None:
+    result = run("schema")
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert schema == job_json_schema()
+    assert schema["title"] == "RegistrationJob" and schema["additionalProperties"] is False
+
+
+# ------------------------------------------------------------------ enqueue
+def test_enqueue_from_flags(redis_url: str) -> None:
+    result = run(
+        "enqueue",
+        "--job-id", JOB_ID,
+        "--kind", "improved",
+        "--model-type", "ranking",
+        "--artifact-uri", "/srv/staging/m1",
+        "--metadata", '{"dataset": "q3", "rows": 1200}',
+        "--token-id", "RANK-Q3",
+        "--tag", "user_id=7",
+        "--tag", "fulfilled_by_user_id=9",
+        "--baseline-id", "hokusai_ranking_baseline/3",
+        "--contributor", WALLET,
+        "--delta-metric", "ndcg=0.05",
+        "--delta-metric", "mrr=-0.01",
+        "--git-commit", "abc1234",
+        "--pip-requirement", "scikit-learn==1.5.0",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{JOB_ID}\n"
+    [job] = queued_jobs(redis_url)
+    assert job["job_id"] == JOB_ID
+    assert (job["kind"], job["model_type"], job["artifact_uri"]) == ("improved", "ranking", "/srv/staging/m1")
+    assert job["metadata"] == {"dataset": "q3", "rows": 1200}
+    assert job["token_id"] == "rank-q3"
+    assert job["tags"] == {"user_id": "7", "fulfilled_by_user_id": "9"}
+    assert job["baseline_id"] == "hokusai_ranking_baseline/3"
+    assert job["contributor"] == WALLET
+    assert job["delta_metrics"] == {"ndcg": 0.05, "mrr": -0.01}
+    assert job["git"] == {"repo": None, "commit": "abc1234", "branch": None}
+    assert job["pip_requirements"] == ["scikit-learn==1.5.0"]
+
+
+def test_enqueue_from_file_with_a_flag_overriding_it(redis_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"kind": "baseline", "model_type": "regression", "artifact_uri": "/a", "tags": {"x": "1"}}))
+
+    result = run("enqueue", "--file", str(path), "--artifact-uri", "/b")
+
+    assert result.exit_code == 0, result.output
+    [job] = queued_jobs(redis_url)
+    assert job["job_id"] == result.stdout.strip()
+    assert (job["model_type"], job["artifact_uri"], job["tags"]) == ("regression", "/b", {"x": "1"})
+
+
+def test_enqueue_from_stdin(redis_url: str) -> None:
+    fields = {"kind": "baseline", "model_type": "lead_scoring", "artifact_uri": "/m", "job_id": JOB_ID}
+    result = run("enqueue", "--file", "-", input=json.dumps(fields))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{JOB_ID}\n"
+    assert [job["job_id"] for job in queued_jobs(redis_url)] == [JOB_ID]
+
+
+def test_enqueue_from_stdin_with_the_installed_script(redis_url: str) -> None:
+    fields = {"kind": "baseline", "model_type": "classification", "artifact_uri": "/m", "job_id": JOB_ID}
+    done = subprocess.run(
+        [SCRIPT, "enqueue", "--file", "-"],
+        input=json.dumps(fields),
+        env={**os.environ, "REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{JOB_ID}\n"
+    [job] = queued_jobs(redis_url)
+    assert (job["job_id"], job["model_type"]) == (JOB_ID, "classification")
+
+
+def test_bad_job_exits_2_naming_the_field(redis_url: str) -> None:
+    result = run(
+        "enqueue", "--kind", "improved", "--model-type", "ranking", "--artifact-uri", "/m",
+        "--baseline-id", "hokusai_ranking_baseline/1", "--delta-metric", "ndcg=0.1", "--contributor", "0x12",
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        "Error: invalid registration job: contributor: must be 0x followed by 40 hex characters (got '0x12')\n"
+    )
+    assert queued_jobs(redis_url) == []
+
+
+def test_improved_job_without_baseline_exits_2(redis_url: str) -> None:
+    result = run("enqueue", "--kind", "improved", "--model-type", "ranking", "--artifact-uri", "/m")
+    assert result.exit_code == 2
+    assert "an improved job needs baseline_id, delta_metrics, contributor" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_missing_fields_exit_2_naming_them(redis_url: str) -> None:
+    result = run("enqueue", "--kind", "baseline")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: invalid registration job: model_type: Field required; artifact_uri: Field required\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--metadata", "{not json"], "Invalid value for '--metadata': not valid JSON"),
+        (["--delta-metric", "ndcg"], "Invalid value for '--delta-metric': expected KEY=VALUE, got 'ndcg'"),
+        (["--delta-metric", "ndcg=high"], "Invalid value for '--delta-metric': ndcg: 'high' is not a number"),
+        (["--tag", "=v"], "Invalid value for '--tag': expected KEY=VALUE, got '=v'"),
+    ],
+)
+def test_bad_flag_values_exit_2(redis_url: str, args: list[str], expected: str) -> None:
+    result = run("enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", "/m", *args)
+    assert result.exit_code == 2
+    assert expected in result.stderr
+    assert queued_jobs(redis_url) == []
+
+
+def test_file_that_is_not_a_job_object_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "job.json"
+    path.write_text("[1, 2]")
+    result = run("enqueue", "--file", str(path))
+    assert result.exit_code == 2
+    assert "Invalid value for '--file': must hold a JSON object" in result.stderr
+
+
+def test_redis_down_exits_2_without_traceback_or_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    port = closed_port()
+    monkeypatch.setenv("REDIS_URL", f"redis://:hunter2@127.0.0.1:{port}/0")
+    monkeypatch.setenv("ENQUEUE_RETRY_S", "0.5")
+    result = run("enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", "/m")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1].startswith(f"Error: Redis at redis://:***@127.0.0.1:{port}/0 is unreachable")
+    assert "hunter2" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_invalid_settings_exit_2_without_echoing_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "http://:hunter2@example")
+    result = run("jobs", "failed")
+    assert result.exit_code == 2
+    assert result.stderr == "Error: invalid settings: REDIS_URL: REDIS_URL must be a redis://, rediss:// or unix:// URL\n"
+
+
+# ------------------------------------------------------------------ status and waiting
+def test_jobs_status_of_a_queued_job(redis_url: str) -> None:
+    job_id = run("enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", "/m").stdout.strip()
+    result = run("jobs", "status", job_id)
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.stdout)
+    assert (status["job_id"], status["state"], status["result"], status["error"]) == (job_id, "PENDING", None, None)
+
+
+def test_jobs_status_with_a_bad_id_exits_2(redis_url: str) -> None:
+    result = run("jobs", "status", "not-a-uuid")
+    assert result.exit_code == 2
+    assert result.stderr == "Error: job_id must be a UUID, got 'not-a-uuid'\n"
+
+
+def test_enqueue_wait_times_out_with_exit_2(redis_url: str) -> None:
+    result = run(
+        "enqueue", "--job-id", JOB_ID, "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", "/m",
+        "--wait", "--timeout", "0.2",
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: job {JOB_ID} did not finish within 0.2s (last state: PENDING)"
+    )
+
+
+@pytest.fixture
+def stand_in_worker(redis_url: str) -> Iterator[Celery]:
+    """A real worker thread with stand-in tasks under the contract's task names."""
+    app = Celery("cli-stand-in-worker", broker=redis_url, backend=redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_queues=[Queue(REGISTRATION_QUEUE), Queue(WEBHOOK_QUEUE)],
+        worker_hijack_root_logger=False,
+    )
+
+    @app.task(name=REGISTER_TASK, shared=False)
+    def register_model(job: dict[str, Any]) -> dict[str, Any]:
+        if job["artifact_uri"] == "/refused":
+            raise ValueError("artifact_uri: refused by the stand-in")
+        return {"job_id": job["job_id"], "model_id": f"hokusai_{job['model_type']}_baseline/1"}
+
+    @app.task(name=WEBHOOK_TASK, shared=False)
+    def emit_webhook(result: dict[str, Any]) -> dict[str, Any]:
+        return {"delivered": True}
+
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=20):
+        yield app
+
+
+def test_enqueue_wait_prints_the_result(stand_in_worker: Celery) -> None:
+    result = run(
+        "enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", "/m", "--wait", "--timeout", "30"
+    )
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.stdout)
+    assert status["state"] == "SUCCESS"
+    assert status["result"] == {"job_id": status["job_id"], "model_id": "hokusai_ranking_baseline/1"}
+    assert f"enqueued job {status['job_id']}" in result.stderr
+
+
+def test_enqueue_wait_for_a_failing_job_exits_1(stand_in_worker: Celery) -> None:
+    result = run(
+        "enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", "/refused",
+        "--wait", "--timeout", "30",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    status = json.loads(result.stdout)
+    assert status["state"] == "FAILURE"
+    assert status["error"] == {"type": "ValueError", "message": "artifact_uri: refused by the stand-in"}
+
+
+# ------------------------------------------------------------------ failed-jobs store
+@pytest.fixture
+def store(redis_url: str) -> Iterator[redis.Redis]:
+    client = failed_jobs.connect(redis_url)
+    yield client
+    client.close()
+
+
+def test_record_and_get_a_failure(store: redis.Redis) -> None:
+    job = {"kind": "baseline", "model_type": "ranking", "artifact_uri": "/m", "job_id": JOB_ID}
+    stored = failed_jobs.record_failure(
+        store,
+        JOB_ID,
+        reason="artifact_uri: no MLmodel in /m",
+        error_type="hokusai_registry.errors.ArtifactNotFoundError",
+        job=job,
+        attempts=3,
+        task=REGISTER_TASK,
+    )
+    assert failed_jobs.get_failure(store, JOB_ID) == stored
+    raw = json.loads(store.hget(failed_jobs.FAILED_JOBS_KEY, JOB_ID))
+    assert raw["job"] == job and raw["attempts"] == 3 and raw["task"] == REGISTER_TASK
+    assert raw["error_type"] == "hokusai_registry.errors.ArtifactNotFoundError"
+    assert datetime.fromisoformat(raw["failed_at"]).utcoffset() == timedelta(0)
+    assert store.zscore(failed_jobs.FAILED_JOBS_INDEX_KEY, JOB_ID) == pytest.approx(stored.failed_at.timestamp())
+
+
+def test_failed_at_is_stored_in_utc(store: redis.Redis) -> None:
+    paris = timezone(timedelta(hours=2))
+    record = failed_jobs.record_failure(
+        store, "j1", reason="r", error_type="E", failed_at=datetime(2026, 5, 1, 12, 0, tzinfo=paris)
+    )
+    assert record.failed_at == datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
+    naive = failed_jobs.record_failure(store, "j2", reason="r", error_type="E", failed_at=datetime(2026, 5, 1, 12, 0))
+    assert naive.failed_at == datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def test_list_failures_oldest_first_and_since(store: redis.Redis) -> None:
+    day = datetime(2026, 5, 1, tzinfo=UTC)
+    for offset, job_id in [(2, "late"), (0, "early"), (1, "middle")]:
+        failed_jobs.record_failure(store, job_id, reason="r", error_type="E", failed_at=day + timedelta(hours=offset))
+    assert [r.job_id for r in failed_jobs.list_failures(store)] == ["early", "middle", "late"]
+    assert [r.job_id for r in failed_jobs.list_failures(store, since=day + timedelta(hours=1))] == ["middle", "late"]
+    assert failed_jobs.list_failures(store, since=day + timedelta(days=1)) == []
+
+
+def test_recording_again_replaces_the_record(store: redis.Redis) -> None:
+    failed_jobs.record_failure(store, JOB_ID, reason="first", error_type="E", attempts=1)
+    failed_jobs.record_failure(store, JOB_ID, reason="second", error_type="E", attempts=2)
+    [record] = failed_jobs.list_failures(store)
+    assert (record.reason, record.attempts) == ("second", 2)
+
+
+def test_remove_failure(store: redis.Redis) -> None:
+    failed_jobs.record_failure(store, JOB_ID, reason="r", error_type="E")
+    assert failed_jobs.remove_failure(store, JOB_ID) is True
+    assert failed_jobs.remove_failure(store, JOB_ID) is False
+    assert failed_jobs.get_failure(store, JOB_ID) is None
+    assert store.exists(failed_jobs.FAILED_JOBS_KEY, failed_jobs.FAILED_JOBS_INDEX_KEY) == 0
+
+
+def test_unreadable_record_is_skipped(store: redis.Redis) -> None:
+    failed_jobs.record_failure(store, "good", reason="r", error_type="E")
+    store.hset(failed_jobs.FAILED_JOBS_KEY, "bad", "{not json")
+    store.zadd(failed_jobs.FAILED_JOBS_INDEX_KEY, {"bad": 0})
+    assert [r.job_id for r in failed_jobs.list_failures(store)] == ["good"]
+
+
+def test_error_type_of() -> None:
+    assert failed_jobs.error_type_of(BrokerUnavailableError("x")) == "hokusai_registry.errors.BrokerUnavailableError"
+
+
+def test_store_with_redis_down_names_the_host_not_the_password() -> None:
+    port = closed_port()
+    client = failed_jobs.connect(f"redis://:hunter2@127.0.0.1:{port}/3")
+    with pytest.raises(BrokerUnavailableError) as caught:
+        failed_jobs.list_failures(client)
+    assert str(caught.value).startswith(f"Redis at 127.0.0.1:{port}/3 is unreachable while listing failed jobs")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_jobs_failed_lists_recorded_failures(store: redis.Redis) -> None:
+    day = datetime(2026, 5, 1, tzinfo=UTC)
+    failed_jobs.record_failure(store, "a", reason="ra", error_type="E1", job={"k": 1}, attempts=4, failed_at=day)
+    failed_jobs.record_failure(store, "b", reason="rb", error_type="E2", failed_at=day + timedelta(hours=1))
+
+    result = run("jobs", "failed")
+
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.stdout)
+    assert [(r["job_id"], r["reason"], r["error_type"], r["attempts"]) for r in listed] == [
+        ("a", "ra", "E1", 4),
+        ("b", "rb", "E2", 1),
+    ]
+    assert listed[0]["job"] == {"k": 1}
+    assert listed[0]["failed_at"] == "2026-05-01T00:00:00Z"
+    assert result.stderr == "2 failed job(s)\n"
+    since = run("jobs", "failed", "--since", "2026-05-01T00:30:00+00:00")
+    assert [r["job_id"] for r in json.loads(since.stdout)] == ["b"]
+
+
+def test_jobs_failed_with_the_installed_script(store: redis.Redis, redis_url: str) -> None:
+    failed_jobs.record_failure(store, JOB_ID, reason="gone", error_type="E")
+    done = subprocess.run(
+        [SCRIPT, "jobs", "failed"],
+        env={**os.environ, "REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [r["job_id"] for r in json.loads(done.stdout)] == [JOB_ID]
+
+
+def test_jobs_failed_with_a_bad_since_exits_2(redis_url: str) -> None:
+    result = run("jobs", "failed", "--since", "yesterday")
+    assert result.exit_code == 2
+    assert "expected an ISO date/time, got 'yesterday'" in result.stderr
+
+
+# ------------------------------------------------------------------ backfill-uuids
+LEGACY_MODEL = "legacy_lead_scoring"
+
+
+@pytest.fixture
+def legacy_versions(tracking_uri: str, registry: Any, sk_model: Any) -> dict[str, str]:
+    """Two versions registered the OLD way (no model_uuid tag) and one the new way.
+
+    Returns ``{version: model_id}`` of the legacy versions.
+    """
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.tracking import MlflowClient
+
+    registry.register_baseline(sk_model, "lead_scoring", pip_requirements=["scikit-learn"])
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    model_ids: dict[str, str] = {}
+    for _ in range(2):
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(
+                sk_model, name="model", registered_model_name=LEGACY_MODEL, pip_requirements=["scikit-learn"]
+            )
+        model_ids[str(info.registered_model_version)] = info.model_id
+    for version in client.search_model_versions(f"name = '{LEGACY_MODEL}'"):
+        if "model_uuid" in version.tags:
+            client.delete_model_version_tag(LEGACY_MODEL, version.version, "model_uuid")
+    return model_ids
+
+
+def _legacy_tags(tracking_uri: str) -> dict[str, str | None]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return {
+        str(v.version): v.tags.get("model_uuid") for v in client.search_model_versions(f"name = '{LEGACY_MODEL}'")
+    }
+
+
+def _tagged(report: dict[str, Any]) -> list[dict[str, str]]:
+    return sorted(({**item, "version": str(item["version"])} for item in report["tagged"]), key=lambda i: i["version"])
+
+
+def test_backfill_uuids_dry_run_then_real_run_then_nothing(tracking_uri: str, legacy_versions: dict[str, str]) -> None:
+    expected = sorted(
+        ({"model_name": LEGACY_MODEL, "version": v, "model_uuid": u} for v, u in legacy_versions.items()),
+        key=lambda item: item["version"],
+    )
+
+    dry = run("backfill-uuids", "--dry-run", "--tracking-uri", tracking_uri)
+    assert dry.exit_code == 0, dry.output
+    report = json.loads(dry.stdout)
+    assert (report["dry_run"], report["scanned"], report["already_tagged"], report["unresolved"]) == (True, 3, 1, [])
+    assert _tagged(report) == expected
+    assert "dry run: would tag 2 of 3 version(s); 1 already tagged, 0 unresolved" in dry.stderr
+    assert _legacy_tags(tracking_uri) == {version: None for version in legacy_versions}
+
+    real = run("backfill-uuids", "--tracking-uri", tracking_uri)
+    assert real.exit_code == 0, real.output
+    report = json.loads(real.stdout)
+    assert report["dry_run"] is False
+    assert _tagged(report) == expected
+    assert "tagged 2 of 3 version(s)" in real.stderr
+    assert _legacy_tags(tracking_uri) == legacy_versions
+
+    again = run("backfill-uuids", "--tracking-uri", tracking_uri)
+    assert again.exit_code == 0, again.output
+    report = json.loads(again.stdout)
+    assert (report["tagged"], report["already_tagged"], report["scanned"]) == ([], 3, 3)
+    assert _legacy_tags(tracking_uri) == legacy_versions

@@ -1,0 +1,262 @@
+"""The job contract: a builder makes a valid job; each test changes one field and checks the exact error."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+import pytest
+from pydantic import ValidationError
+
+from hokusai_registry.contract import (
+    MAX_METADATA_BYTES,
+    REGISTER_TASK,
+    REGISTRATION_QUEUE,
+    SCHEMA_VERSION,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK,
+    RegistrationJob,
+    job_json_schema,
+)
+from hokusai_registry.errors import InvalidJobError
+from producers.validation import validate_job
+
+WALLET = "0x" + "ab" * 20
+_DROP = object()
+
+
+def baseline_fields(**changes: Any) -> dict[str, Any]:
+    """A valid baseline job's fields, with ``changes`` applied (``_DROP`` removes a field)."""
+    fields: dict[str, Any] = {
+        "kind": "baseline",
+        "model_type": "classification",
+        "artifact_uri": "/srv/hokusai/staging/model",
+        "metadata": {"dataset": "leads-2024"},
+        "token_id": "lead-score",
+        "tags": {"user_id": "7"},
+    }
+    fields.update(changes)
+    return {key: value for key, value in fields.items() if value is not _DROP}
+
+
+def improved_fields(**changes: Any) -> dict[str, Any]:
+    """A valid improved job's fields, with ``changes`` applied."""
+    improved: dict[str, Any] = {
+        "kind": "improved",
+        "baseline_id": "hokusai_classification_baseline/1",
+        "delta_metrics": {"auroc": 0.02},
+        "contributor": WALLET,
+    }
+    return baseline_fields(**{**improved, **changes})
+
+
+def errors_of(fields: dict[str, Any]) -> list[tuple[tuple[Any, ...], str, str]]:
+    """(loc, type, msg) of every error validating ``fields``; fails if they are valid."""
+    with pytest.raises(ValidationError) as caught:
+        RegistrationJob.model_validate(fields)
+    return [(tuple(e["loc"]), e["type"], e["msg"]) for e in caught.value.errors()]
+
+
+def test_builders_make_valid_jobs() -> None:
+    assert RegistrationJob.model_validate(baseline_fields()).kind == "baseline"
+    improved = RegistrationJob.model_validate(improved_fields())
+    assert improved.contributor == WALLET
+    assert improved.delta_metrics == {"auroc": 0.02}
+
+
+def test_missing_field() -> None:
+    assert errors_of(baseline_fields(artifact_uri=_DROP)) == [(("artifact_uri",), "missing", "Field required")]
+
+
+def test_unknown_field_is_forbidden() -> None:
+    assert errors_of(baseline_fields(model_name="x")) == [
+        (("model_name",), "extra_forbidden", "Extra inputs are not permitted")
+    ]
+
+
+def test_bad_model_type() -> None:
+    assert errors_of(baseline_fields(model_type="vision")) == [
+        (
+            ("model_type",),
+            "literal_error",
+            "Input should be 'lead_scoring', 'classification', 'regression' or 'ranking'",
+        )
+    ]
+
+
+def test_bad_contributor() -> None:
+    assert errors_of(improved_fields(contributor="0x1234")) == [
+        (("contributor",), "value_error", "Value error, must be 0x followed by 40 hex characters")
+    ]
+
+
+def test_improved_without_baseline_id() -> None:
+    fields = improved_fields()
+    del fields["baseline_id"]
+    assert errors_of(fields) == [((), "value_error", "Value error, an improved job needs baseline_id")]
+
+
+def test_improved_without_any_improvement_fields_names_them_all() -> None:
+    assert errors_of(baseline_fields(kind="improved")) == [
+        ((), "value_error", "Value error, an improved job needs baseline_id, delta_metrics, contributor")
+    ]
+
+
+def test_baseline_with_contributor() -> None:
+    assert errors_of(baseline_fields(contributor=WALLET)) == [
+        ((), "value_error", "Value error, a baseline job must not set contributor")
+    ]
+
+
+def test_bad_baseline_id() -> None:
+    assert errors_of(improved_fields(baseline_id="hokusai_classification_baseline")) == [
+        (("baseline_id",), "value_error", "Value error, must look like 'registered_model_name/version'")
+    ]
+
+
+def test_metadata_over_the_cap() -> None:
+    metadata = {"blob": "x" * MAX_METADATA_BYTES}
+    size = len(json.dumps(metadata).encode())
+    assert errors_of(baseline_fields(metadata=metadata)) == [
+        (("metadata",), "value_error", f"Value error, is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
+    ]
+
+
+def test_metadata_at_the_cap_is_accepted() -> None:
+    overhead = len(json.dumps({"blob": ""}).encode())
+    metadata = {"blob": "x" * (MAX_METADATA_BYTES - overhead)}
+    assert RegistrationJob.model_validate(baseline_fields(metadata=metadata)).metadata == metadata
+
+
+def test_non_json_metadata() -> None:
+    assert errors_of(baseline_fields(metadata={"when": object()})) == [
+        (
+            ("metadata",),
+            "value_error",
+            "Value error, must be a JSON object (Object of type object is not JSON serializable)",
+        )
+    ]
+
+
+def test_nan_in_metadata_is_not_json() -> None:
+    [(loc, kind, msg)] = errors_of(baseline_fields(metadata={"auroc": float("nan")}))
+    assert (loc, kind) == (("metadata",), "value_error")
+    # Python 3.13 appends ": nan" to json's message; the product's part is exact.
+    assert msg.startswith("Value error, must be a JSON object (Out of range float values are not JSON compliant")
+
+
+def test_signature_that_is_not_json() -> None:
+    assert errors_of(baseline_fields(signature={"inputs": "[{'type': 'double'"})) == [
+        (
+            ("signature",),
+            "value_error",
+            "Value error, 'inputs' is not valid JSON: Expecting property name enclosed in double quotes: "
+            "line 1 column 3 (char 2)",
+        )
+    ]
+
+
+def test_signature_without_inputs() -> None:
+    assert errors_of(baseline_fields(signature={"outputs": "[]"})) == [
+        (("signature",), "value_error", "Value error, needs 'inputs' (the JSON string from ModelSignature.to_dict())")
+    ]
+
+
+def test_signature_with_unknown_key() -> None:
+    assert errors_of(baseline_fields(signature={"inputs": "[]", "schema": "[]"})) == [
+        (("signature",), "value_error", "Value error, has unknown keys ['schema']; expected inputs, outputs, params")
+    ]
+
+
+def test_valid_signature_is_kept() -> None:
+    signature = {"inputs": '[{"type": "double", "name": "f0", "required": true}]', "outputs": None}
+    assert RegistrationJob.model_validate(baseline_fields(signature=signature)).signature == signature
+
+
+def test_token_id_is_lower_cased() -> None:
+    assert RegistrationJob.model_validate(baseline_fields(token_id="LEAD-Score-2")).token_id == "lead-score-2"
+
+
+def test_token_id_with_bad_characters() -> None:
+    assert errors_of(baseline_fields(token_id="lead_score")) == [
+        (("token_id",), "value_error", "Value error, must contain only letters, digits and '-'")
+    ]
+
+
+def test_schema_version_defaults_to_current() -> None:
+    assert RegistrationJob.model_validate(baseline_fields()).schema_version == SCHEMA_VERSION == 1
+
+
+def test_unsupported_schema_version() -> None:
+    assert errors_of(baseline_fields(schema_version=2)) == [(("schema_version",), "literal_error", "Input should be 1")]
+
+
+def test_job_id_generated_when_absent() -> None:
+    first = RegistrationJob.model_validate(baseline_fields())
+    second = RegistrationJob.model_validate(baseline_fields())
+    assert isinstance(first.job_id, UUID) and first.job_id.version == 4
+    assert first.job_id != second.job_id
+
+
+def test_job_id_given_is_kept() -> None:
+    job_id = "6f1c1a0e-3c3b-4a5e-9d39-2f9f5b1f0c11"
+    assert str(RegistrationJob.model_validate(baseline_fields(job_id=job_id)).job_id) == job_id
+
+
+def test_job_id_must_be_a_uuid() -> None:
+    [(loc, kind, _msg)] = errors_of(baseline_fields(job_id="job-1"))
+    assert (loc, kind) == (("job_id",), "uuid_parsing")
+
+
+def test_bad_git_commit() -> None:
+    assert errors_of(baseline_fields(git={"commit": "HEAD"})) == [
+        (("git", "commit"), "value_error", "Value error, must be a lower-case hex commit hash of 7 to 64 characters")
+    ]
+
+
+def test_job_round_trips_through_json() -> None:
+    job = RegistrationJob.model_validate(improved_fields(git={"commit": "abc1234"}))
+    payload = job.model_dump(mode="json")
+    assert json.loads(json.dumps(payload)) == payload
+    assert RegistrationJob.model_validate(payload) == job
+
+
+def test_schema_describes_the_job() -> None:
+    schema = job_json_schema()
+    assert schema["additionalProperties"] is False
+    assert set(schema["required"]) == {"kind", "model_type", "artifact_uri"}
+    assert "job_id" in schema["properties"]
+
+
+def test_task_and_queue_names() -> None:
+    assert (REGISTER_TASK, WEBHOOK_TASK) == ("hokusai.register_model", "hokusai.emit_webhook")
+    assert (REGISTRATION_QUEUE, WEBHOOK_QUEUE) == ("hokusai.registrations", "hokusai.webhooks")
+
+
+# ------------------------------------------------------------------ InvalidJobError messages
+def test_invalid_job_error_names_the_field_and_problem() -> None:
+    with pytest.raises(InvalidJobError) as caught:
+        validate_job(improved_fields(contributor="0x1234"))
+    assert str(caught.value) == (
+        "invalid registration job: contributor: must be 0x followed by 40 hex characters (got '0x1234')"
+    )
+
+
+def test_invalid_job_error_lists_every_field() -> None:
+    with pytest.raises(InvalidJobError) as caught:
+        validate_job(baseline_fields(kind=_DROP, colour="red"))
+    assert str(caught.value) == (
+        "invalid registration job: kind: Field required; colour: Extra inputs are not permitted"
+    )
+
+
+def test_invalid_job_error_for_a_whole_job_rule() -> None:
+    with pytest.raises(InvalidJobError) as caught:
+        validate_job(baseline_fields(contributor=WALLET))
+    assert str(caught.value) == "invalid registration job: a baseline job must not set contributor"
+
+
+def test_invalid_job_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        validate_job(["not", "a", "mapping"])  # type: ignore[arg-type]
