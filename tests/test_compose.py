@@ -1,0 +1,521 @@
+"""docker-compose.yml, .env.example and the Dockerfile, checked without Docker (none runs here).
+
+The compose file is parsed, interpolated with the values of ``.env.example`` the way
+``docker compose`` does it, and every command, entry point and healthcheck of a service is
+resolved against the project: ``celery -A worker ...`` imports the app and finds our tasks,
+``python -m X`` finds the module and its flags, ``mlflow server`` and ``hokusai-registry``
+find their sub-commands and options. Settings names come from ``Settings.model_fields``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+import pytest
+import yaml
+
+from hokusai_registry.contract import REGISTER_TASK, WEBHOOK_TASK
+from hokusai_registry.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+REQUIRED_SERVICES = {"redis", "postgres", "mlflow", "worker", "flower", "receiver"}
+#: Services that run once and exit (need no healthcheck). None so far.
+ONE_SHOT_SERVICES: set[str] = set()
+#: Executables that third-party images ship, by image repository.
+IMAGE_BINARIES = {"redis": {"redis-server", "redis-cli"}, "postgres": {"pg_isready", "postgres"}}
+#: Ports third-party images listen on when their command does not say.
+DEFAULT_PORTS = {"redis": 6379, "postgres": 5432}
+PLACEHOLDER = "change-me"
+SECRET_NAME_RE = re.compile(r"SECRET|PASSWORD|BASIC_AUTH|TOKEN")
+
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, ${VAR:+alt} and $VAR; $$ escapes.
+_INTERPOLATION_RE = re.compile(
+    r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def load_compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+
+
+def settings_env_names() -> dict[str, str]:
+    """Environment variable name -> Settings field name, for every field the Settings object reads."""
+    prefix = (Settings.model_config.get("env_prefix") or "").upper()
+    names = {}
+    for field_name, field in Settings.model_fields.items():
+        alias = field.validation_alias if isinstance(field.validation_alias, str) else None
+        names[(alias or f"{prefix}{field_name}").upper()] = field_name
+    return names
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    value: str
+    active: bool  # False: shown commented out (`# NAME=value`), i.e. the built-in default applies
+    comment: str  # the prose comment line right above it ('' when there is none)
+
+
+def parse_env_example(text: str) -> dict[str, EnvEntry]:
+    """``NAME=value`` and ``# NAME=value`` lines of .env.example, each with the comment above it."""
+    entries: dict[str, EnvEntry] = {}
+    previous_prose = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        match = re.match(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$", line)
+        if match:
+            name = match[2]
+            assert name not in entries, f".env.example names {name} twice"
+            entries[name] = EnvEntry(match[3], active=match[1] is None, comment=previous_prose)
+            previous_prose = ""
+        elif line.startswith("#") and not line.lstrip("# ").startswith(("----", "Generate")):
+            previous_prose = line.lstrip("# ").strip()
+        elif not line.startswith("#"):
+            previous_prose = ""
+    return entries
+
+
+def env_example() -> dict[str, EnvEntry]:
+    return parse_env_example(ENV_EXAMPLE.read_text(encoding="utf-8"))
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's interpolation of one string (``$$`` becomes ``$``); a missing required variable fails."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match["escaped"]:
+            return "$"
+        name = match["braced"] or match["bare"]
+        op, arg = match["op"], match["arg"] or ""
+        current = env.get(name)
+        if op in (":-", "-"):
+            return arg if (current is None or (op == ":-" and current == "")) else current
+        if op in (":?", "?"):
+            if current is None or (op == ":?" and current == ""):
+                pytest.fail(f"docker-compose.yml requires {name} ({arg}); .env.example does not set it")
+            return current
+        if op == ":+":
+            return arg if current else ""
+        return current or ""
+
+    return _INTERPOLATION_RE.sub(replace, value)
+
+
+def referenced_variables(node: Any) -> dict[str, str | None]:
+    """Every variable the compose file interpolates -> its operator (None for plain ``${VAR}``)."""
+    found: dict[str, str | None] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found.update(referenced_variables(key))
+            found.update(referenced_variables(value))
+    elif isinstance(node, list):
+        for item in node:
+            found.update(referenced_variables(item))
+    elif isinstance(node, str):
+        for match in _INTERPOLATION_RE.finditer(node):
+            name = match["braced"] or match["bare"]
+            if name:
+                found[name] = match["op"]
+    return found
+
+
+def interpolate_tree(node: Any, env: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {key: interpolate_tree(value, env) for key, value in node.items()}
+    if isinstance(node, list):
+        return [interpolate_tree(item, env) for item in node]
+    if isinstance(node, str):
+        return interpolate(node, env)
+    return node
+
+
+def example_env() -> dict[str, str]:
+    return {name: entry.value for name, entry in env_example().items() if entry.active}
+
+
+def interpolated_compose() -> dict[str, Any]:
+    """The compose file as docker compose would see it after ``cp .env.example .env``."""
+    return interpolate_tree(load_compose(), example_env())
+
+
+def argv_of(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return shlex.split(value) if isinstance(value, str) else [str(part) for part in value]
+
+
+def healthcheck_argv(healthcheck: dict[str, Any]) -> list[str]:
+    test = healthcheck.get("test")
+    if isinstance(test, str):
+        return shlex.split(test)
+    kind, *rest = test
+    if kind == "CMD-SHELL":
+        return shlex.split(" ".join(rest))
+    assert kind == "CMD", f"healthcheck test must start with CMD or CMD-SHELL, not {kind!r}"
+    return list(rest)
+
+
+def is_project_image(service: dict[str, Any]) -> bool:
+    return "build" in service
+
+
+def image_repository(image: str) -> str:
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.split(":", 1)[0]
+
+
+def option_value(argv: list[str], *names: str) -> str | None:
+    """The value of ``--name value`` or ``--name=value`` in argv."""
+    for index, token in enumerate(argv):
+        for name in names:
+            if token == name and index + 1 < len(argv):
+                return argv[index + 1]
+            if token.startswith(name + "="):
+                return token.split("=", 1)[1]
+    return None
+
+
+def long_options(argv: list[str]) -> list[str]:
+    return [token.split("=", 1)[0] for token in argv if token.startswith("--")]
+
+
+def project_version() -> str:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+
+
+# ---------------------------------------------------------------------------------- command checks
+def run_python(code: str, *args: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *(["-c", code] if code else []), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=os.environ.copy(),
+    )
+
+
+_checked_apps: dict[str, list[str]] = {}
+
+
+def celery_app_tasks(app_module: str) -> list[str]:
+    """Import ``app_module`` in a fresh interpreter the way ``celery -A`` does; return its task names."""
+    if app_module not in _checked_apps:
+        code = (
+            "import importlib, json, sys\n"
+            f"module = importlib.import_module({app_module!r})\n"
+            "app = getattr(module, 'app', None) or getattr(module, 'celery')\n"
+            "app.loader.import_default_modules()\n"
+            "print(json.dumps(sorted(app.tasks)))\n"
+        )
+        result = run_python(code)
+        assert result.returncode == 0, f"`celery -A {app_module}`: the app does not import:\n{result.stderr[-3000:]}"
+        _checked_apps[app_module] = json.loads(result.stdout.strip().splitlines()[-1])
+    return _checked_apps[app_module]
+
+
+def check_celery(argv: list[str], where: str) -> None:
+    from celery.bin.celery import celery as celery_cli
+
+    app_module = option_value(argv, "-A", "--app")
+    assert app_module, f"{where}: `celery` without -A/--app: {argv}"
+    tasks = celery_app_tasks(app_module)
+    for task in (REGISTER_TASK, WEBHOOK_TASK):
+        assert task in tasks, f"{where}: app {app_module!r} has no task {task!r} (has {tasks})"
+    global_options = {opt for param in celery_cli.params for opt in param.opts}
+    rest = argv[1:]
+    while rest and rest[0].startswith("-"):
+        token = rest.pop(0)
+        if token in global_options and "=" not in token and rest:
+            rest.pop(0)
+    assert rest, f"{where}: `celery` without a sub-command: {argv}"
+    subcommand, sub_argv = rest[0], rest[1:]
+    assert subcommand in celery_cli.commands, f"{where}: `celery {subcommand}` does not exist"
+    if subcommand == "flower":
+        from flower.options import options as flower_options
+
+        for option in long_options(sub_argv):
+            assert option[2:].replace("-", "_") in flower_options, f"{where}: Flower has no option {option}"
+    else:
+        command = celery_cli.commands[subcommand]
+        known = {opt for param in command.params for opt in param.opts}
+        for option in long_options(sub_argv):
+            assert option in known, f"{where}: `celery {subcommand}` has no option {option}"
+
+
+def check_python(argv: list[str], where: str) -> None:
+    if argv[1] == "-c":
+        compile(argv[2], f"<{where}>", "exec")
+        return
+    assert argv[1] == "-m", f"{where}: run Python code as `python -m module` or `python -c`, not {argv}"
+    module = argv[2]
+    path = ROOT.joinpath(*module.split("."))
+    assert path.with_suffix(".py").is_file() or (path / "__main__.py").is_file(), (
+        f"{where}: `python -m {module}`: no {path.relative_to(ROOT)}.py in the project"
+    )
+    result = run_python("", "-m", module, "--help", timeout_s=60)
+    assert result.returncode == 0, f"{where}: `python -m {module} --help` failed:\n{result.stderr[-2000:]}"
+    for option in long_options(argv[3:]):
+        assert option in result.stdout, f"{where}: `python -m {module}` has no option {option}"
+
+
+def check_mlflow(argv: list[str], where: str) -> None:
+    from mlflow.cli import cli as mlflow_cli
+
+    assert len(argv) > 1 and argv[1] in mlflow_cli.commands, f"{where}: `mlflow {argv[1:2]}` does not exist"
+    command = mlflow_cli.commands[argv[1]]
+    known = {opt for param in command.params for opt in param.opts}
+    for option in long_options(argv[2:]):
+        assert option in known, f"{where}: `mlflow {argv[1]}` has no option {option}"
+
+
+def resolve_cli_command(words: list[str]) -> tuple[click.Command, list[str]]:
+    """The ``hokusai-registry`` command that ``words`` name, and the words left over."""
+    from hokusai_registry.cli import main
+
+    command: click.Command = main
+    while words and isinstance(command, click.Group) and not words[0].startswith("-"):
+        sub = command.commands.get(words[0])
+        assert sub is not None, f"`hokusai-registry` has no command {words[0]!r} (has {sorted(command.commands)})"
+        command, words = sub, words[1:]
+    return command, words
+
+
+def check_hokusai_cli(argv: list[str], where: str) -> None:
+    command, rest = resolve_cli_command(argv[1:])
+    known = {opt for param in command.params for opt in param.opts}
+    for option in long_options(rest):
+        assert option in known, f"{where}: `{' '.join(argv)}`: no option {option}"
+
+
+def check_invocation(argv: list[str], service_name: str, service: dict[str, Any], what: str) -> None:
+    where = f"service {service_name!r} {what}"
+    assert argv, f"{where} is empty"
+    executable = argv[0]
+    if not is_project_image(service):
+        binaries = IMAGE_BINARIES.get(image_repository(service["image"]), set())
+        assert executable in binaries, f"{where}: {executable!r} is not known to ship in {service['image']}"
+        return
+    checks = {"celery": check_celery, "python": check_python, "mlflow": check_mlflow,
+              "hokusai-registry": check_hokusai_cli}
+    assert executable in checks, f"{where}: unknown executable {executable!r}; teach test_compose.py to check it"
+    checks[executable](argv, where)
+
+
+# ---------------------------------------------------------------------------------- compose file
+def test_compose_file_has_the_required_services() -> None:
+    services = load_compose().get("services") or {}
+    missing = REQUIRED_SERVICES - set(services)
+    assert not missing, f"docker-compose.yml lacks services {sorted(missing)}"
+
+
+def test_every_image_is_pinned() -> None:
+    for name, service in load_compose()["services"].items():
+        image = service.get("image")
+        assert image, f"service {name!r} names no image (give built services a tagged image name too)"
+        if "@sha256:" in image:
+            continue
+        repository_part = image.rsplit("/", 1)[-1]
+        assert ":" in repository_part, f"service {name!r}: image {image!r} has no tag"
+        tag = repository_part.split(":", 1)[1]
+        assert tag and tag != "latest" and "$" not in tag, f"service {name!r}: image {image!r} is not pinned"
+
+
+def test_built_image_is_tagged_with_the_project_version() -> None:
+    for name, service in load_compose()["services"].items():
+        if is_project_image(service):
+            assert service["image"].endswith(f":{project_version()}"), (
+                f"service {name!r}: image {service['image']!r} should carry pyproject's version {project_version()}"
+            )
+
+
+def test_every_long_running_service_has_a_healthcheck() -> None:
+    for name, service in load_compose()["services"].items():
+        if name in ONE_SHOT_SERVICES:
+            continue
+        check = service.get("healthcheck")
+        assert check, f"service {name!r} has no healthcheck"
+        assert not check.get("disable"), f"service {name!r} disables its healthcheck"
+        assert check.get("test") and check["test"] != ["NONE"], f"service {name!r} has an empty healthcheck"
+
+
+def test_every_command_and_healthcheck_exists_in_the_project() -> None:
+    for name, service in interpolated_compose()["services"].items():
+        for key in ("entrypoint", "command"):
+            if service.get(key) is not None:
+                check_invocation(argv_of(service[key]), name, service, key)
+        if service.get("healthcheck"):
+            check_invocation(healthcheck_argv(service["healthcheck"]), name, service, "healthcheck")
+        if is_project_image(service) and service.get("command") is None and service.get("entrypoint") is None:
+            pytest.fail(f"service {name!r} runs our image without a command: say what it runs")
+
+
+def test_worker_is_scalable() -> None:
+    worker = load_compose()["services"]["worker"]
+    assert "container_name" not in worker, "worker has a container_name: `--scale worker=N` would clash"
+    assert "hostname" not in worker, "worker has a fixed hostname: every replica would be the same Celery node"
+    for port in worker.get("ports") or []:
+        fixed = isinstance(port, dict) and port.get("published") or isinstance(port, str) and ":" in port
+        assert not fixed, f"worker publishes a fixed host port {port!r}: `--scale worker=N` would clash"
+    assert argv_of(worker["command"])[:4] == ["celery", "-A", "worker", "worker"], worker["command"]
+
+
+def test_worker_waits_for_healthy_redis_and_mlflow() -> None:
+    depends = load_compose()["services"]["worker"].get("depends_on") or {}
+    for needed in ("redis", "mlflow"):
+        assert isinstance(depends, dict) and needed in depends, f"worker does not depend on {needed}"
+        assert depends[needed].get("condition") == "service_healthy", f"worker does not wait for a healthy {needed}"
+
+
+def test_flower_requires_basic_auth() -> None:
+    raw = load_compose()["services"]["flower"]
+    argv = argv_of(interpolated_compose()["services"]["flower"]["command"])
+    credentials = option_value(argv, "--basic-auth")
+    assert credentials, "flower runs without --basic-auth: its UI would be open"
+    user, sep, password = credentials.partition(":")
+    assert sep and user and password, f"--basic-auth must be user:password, got {credentials!r}"
+    raw_value = option_value(argv_of(raw["command"]), "--basic-auth") or ""
+    assert "${" in raw_value, "flower's credentials are written into docker-compose.yml: take them from .env"
+    assert option_value(argv, "--port") == "5555", "flower must listen on 5555"
+    assert any(str(port).split(":")[-1] == "5555" for port in raw.get("ports") or []), "flower's 5555 is not published"
+
+
+def test_mlflow_is_a_tracking_server_on_postgres_with_served_artifacts() -> None:
+    compose = interpolated_compose()
+    mlflow = compose["services"]["mlflow"]
+    argv = argv_of(mlflow["command"])
+    assert argv[:2] == ["mlflow", "server"], argv
+    backend = option_value(argv, "--backend-store-uri") or ""
+    scheme, host = urlsplit(backend).scheme, urlsplit(backend).hostname  # never print the password
+    assert scheme in ("postgresql", "postgresql+psycopg2"), f"backend store is {scheme!r}, not PostgreSQL"
+    assert host in compose["services"], f"the backend store's host {host!r} is no compose service"
+    destination = option_value(argv, "--artifacts-destination")
+    assert destination, "mlflow has no --artifacts-destination"
+    mounts = [str(volume).split(":")[1] for volume in mlflow.get("volumes") or []]
+    assert destination in mounts, f"--artifacts-destination {destination} is not on a volume ({mounts})"
+    assert "--no-serve-artifacts" not in argv
+
+
+def test_mlflow_accepts_the_host_names_clients_use() -> None:
+    compose = interpolated_compose()
+    mlflow = compose["services"]["mlflow"]
+    argv = argv_of(mlflow["command"])
+    environment = mlflow.get("environment") or {}
+    allowed = option_value(argv, "--allowed-hosts") or environment.get("MLFLOW_SERVER_ALLOWED_HOSTS")
+    assert allowed, "mlflow has no allowed-hosts setting: MLflow 3.5+ answers 403 to the workers"
+    hosts = allowed.split(",")
+    tracking = urlsplit(example_env()["MLFLOW_TRACKING_URI"])
+    assert tracking.netloc in hosts, f"workers call {tracking.netloc}, which --allowed-hosts {allowed!r} refuses"
+    assert "localhost:*" in hosts, "the published UI (localhost) would be refused"
+
+
+def test_service_urls_point_at_listening_services() -> None:
+    compose = interpolated_compose()
+    env = example_env()
+    for variable in ("REDIS_URL", "MLFLOW_TRACKING_URI", "WEBHOOK_URL"):
+        url = urlsplit(env[variable])
+        assert url.hostname in compose["services"], f"{variable}={env[variable]} names no compose service"
+        service = compose["services"][url.hostname]
+        listening = option_value(argv_of(service.get("command")), "--port")
+        expected = int(listening) if listening else DEFAULT_PORTS[image_repository(service["image"])]
+        port = url.port or {"redis": 6379, "http": 80, "https": 443}[url.scheme]
+        assert port == expected, f"{variable} uses port {port}, but {url.hostname} listens on {expected}"
+
+
+def test_named_volumes_are_declared() -> None:
+    compose = load_compose()
+    declared = set(compose.get("volumes") or {})
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes") or []:
+            source = str(volume).split(":", 1)[0]
+            if not source.startswith((".", "/", "~")):
+                assert source in declared, f"service {name!r} mounts undeclared volume {source!r}"
+
+
+# ---------------------------------------------------------------------------------- .env.example
+def test_every_settings_field_is_named_in_env_example() -> None:
+    entries = env_example()
+    missing = sorted(set(settings_env_names()) - set(entries))
+    assert not missing, f".env.example does not name {missing}"
+    for name in settings_env_names():
+        assert entries[name].comment, f".env.example: {name} has no comment line above it"
+
+
+def test_every_compose_variable_is_named_in_env_example() -> None:
+    entries = env_example()
+    for name, op in referenced_variables(load_compose()).items():
+        assert name in entries, f"docker-compose.yml uses ${{{name}}}, which .env.example does not name"
+        if op not in (":-", "-"):
+            assert entries[name].active, f"docker-compose.yml needs {name}; .env.example only shows it commented out"
+
+
+def test_env_example_names_nothing_unknown() -> None:
+    known = set(settings_env_names()) | set(referenced_variables(load_compose()))
+    unknown = sorted(set(env_example()) - known)
+    assert not unknown, f".env.example names {unknown}: neither a Settings field nor used by docker-compose.yml"
+
+
+def test_env_example_shows_secrets_only_as_placeholders() -> None:
+    for name, entry in env_example().items():
+        if SECRET_NAME_RE.search(name) and entry.value:
+            assert PLACEHOLDER in entry.value, f".env.example: {name} must be a {PLACEHOLDER!r} placeholder"
+
+
+def test_commented_values_are_the_built_in_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = settings_env_names()
+    for name, entry in env_example().items():
+        if entry.active or name not in names:
+            continue
+        field = names[name]
+        default = Settings.model_fields[field].get_default(call_default_factory=True)
+        if default in (None, [], ""):
+            continue  # no default to show: the line gives an example value
+        monkeypatch.setenv(name, entry.value)
+        assert getattr(Settings(), field) == default, f".env.example: `# {name}={entry.value}` is not the default"
+        monkeypatch.delenv(name)
+
+
+def test_env_example_values_make_a_working_worker_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.delivery import check_webhook_config
+
+    names = settings_env_names()
+    for name, value in example_env().items():
+        if name in names:
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.redis_url == example_env()["REDIS_URL"]
+    check_webhook_config(settings)  # the worker would refuse to start otherwise
+
+
+# ---------------------------------------------------------------------------------- Dockerfile
+def test_dockerfile_builds_a_non_root_image_without_secrets() -> None:
+    lines = [line.strip() for line in DOCKERFILE.read_text(encoding="utf-8").splitlines()]
+    instructions = [line for line in lines if line and not line.startswith("#")]
+    base = [line.split()[1] for line in instructions if line.upper().startswith("FROM ")]
+    assert base and all(re.match(r"^python:3\.11[.\w-]*-slim[\w-]*$", image) for image in base), base
+    users = [line.split()[1] for line in instructions if line.upper().startswith("USER ")]
+    assert users and users[-1] not in {"root", "0", "0:0"}, "the image must run as a non-root user"
+    assert any(re.search(r"pip install .*\.\[server\]", line) for line in instructions), "pip install .[server]"
+    for line in instructions:
+        if line.upper().startswith(("ENV ", "ARG ")):
+            assert not SECRET_NAME_RE.search(line.upper()), f"Dockerfile bakes in a secret: {line}"
+    ignored = DOCKERIGNORE.read_text(encoding="utf-8").split()
+    assert ".env" in ignored, ".dockerignore must keep .env (secrets) out of the build context"
