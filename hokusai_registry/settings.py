@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         default=None,
         description="MLflow tracking (and registry) URI. Default: sqlite:///$HOKUSAI_HOME/mlflow.db.",
     )
-    mlflow_experiment_name: str = Field(default="hokusai-registry")
+    mlflow_experiment_name: str = Field(default="hokusai-registry", description="Experiment that holds the runs.")
     mlflow_artifact_location: str | None = Field(
         default=None,
         description="Artifact location for a newly created experiment. Default: $HOKUSAI_HOME/artifacts "
@@ -71,8 +71,8 @@ class Settings(BaseSettings):
 
     # --- retries and timeouts ------------------------------------------------------------
     registry_max_retries: int = Field(default=8, ge=0, description="Celery retries of an unreachable MLflow.")
-    registry_backoff_base_s: float = Field(default=2.0, gt=0)
-    registry_backoff_max_s: float = Field(default=300.0, gt=0)
+    registry_backoff_base_s: float = Field(default=2.0, gt=0, description="First retry wait when MLflow is down.")
+    registry_backoff_max_s: float = Field(default=300.0, gt=0, description="Cap of one retry wait for MLflow.")
     task_time_limit_s: int = Field(default=600, gt=0, description="Hard limit of one task attempt.")
     visibility_timeout_s: int = Field(
         default=3600,
@@ -94,10 +94,10 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC secret (whsec_<base64> or text).")
     webhook_allow_unsigned: bool = Field(default=False, description="Development only: send unsigned.")
     webhook_allow_http: bool = Field(default=False, description="Allow http:// endpoints (local receivers).")
-    webhook_connect_timeout_s: float = Field(default=5.0, gt=0)
-    webhook_read_timeout_s: float = Field(default=15.0, gt=0)
-    webhook_max_attempts: int = Field(default=10, ge=1)
-    webhook_backoff_base_s: float = Field(default=2.0, gt=0)
+    webhook_connect_timeout_s: float = Field(default=5.0, gt=0, description="Connect timeout of one attempt.")
+    webhook_read_timeout_s: float = Field(default=15.0, gt=0, description="Read timeout of one attempt.")
+    webhook_max_attempts: int = Field(default=10, ge=1, description="Attempts before an event is dead-lettered.")
+    webhook_backoff_base_s: float = Field(default=2.0, gt=0, description="First retry wait of a failed delivery.")
     webhook_backoff_max_s: float = Field(
         default=600.0, gt=0, description="Cap of one in-memory retry wait; longer waits use the durable schedule."
     )
@@ -106,8 +106,8 @@ class Settings(BaseSettings):
     )
 
     # --- logging -------------------------------------------------------------------------
-    log_level: str = Field(default="INFO")
-    log_format: Literal["text", "json"] = Field(default="text")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: Literal["text", "json"] = Field(default="text", description="text, or json: one object per line.")
 
     @field_validator("allowed_artifact_schemes", mode="before")
     @classmethod

@@ -73,6 +73,28 @@ class EventRecord:
     delivered_at: datetime | None
     deferred_until: datetime | None
 
+    def as_dict(self, *, include_body: bool = False) -> dict[str, Any]:
+        """JSON-friendly summary (times as UTC ISO-8601); the body as parsed JSON when asked."""
+        event = self.event
+        summary: dict[str, Any] = {
+            "event_id": event.event_id,
+            "model_name": event.model_name,
+            "version": event.version,
+            "job_id": event.job_id,
+            "created_at": event.created_at.isoformat(),
+            "state": self.state,
+            "attempts": self.attempts,
+            "last_status_code": self.last_status_code,
+            "last_error": self.last_error,
+            "dead_reason": self.dead_reason,
+        }
+        for name in ("first_attempt_at", "last_attempt_at", "dead_lettered_at", "delivered_at", "deferred_until"):
+            moment = getattr(self, name)
+            summary[name] = moment.isoformat() if moment else None
+        if include_body:
+            summary["body"] = json.loads(event.body)
+        return summary
+
 
 def _redis_boundary(method: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(method)

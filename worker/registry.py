@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,256}$")
 MODEL_UUID_RE = re.compile(r"^(m-[0-9a-f]{32}|[0-9a-f]{32})$")
 BASELINE_ID_RE = re.compile(r"^hokusai_(?P<type>[a-z_]+)_baseline/(?P<version>[1-9][0-9]*)$")
 _PARAM_KEY_RE = re.compile(r"^[A-Za-z0-9_\-. /]{1,200}$")
+_METRIC_KEY_RE = re.compile(r"^[A-Za-z0-9_\-. /:]{1,250}$")
 _MAX_PARAM_VALUE_CHARS = 250
 PRODUCTION_ALIAS = "production"
 MODEL_ARTIFACT_NAME = "model"
@@ -52,11 +54,14 @@ ModelLogger = Callable[[dict[str, Any]], ModelInfo]
 
 
 def default_artifact_location(tracking_uri: str, settings: Settings) -> str | None:
-    """Where a new experiment keeps artifacts: beside a sqlite file, else the settings' choice."""
+    """Where a new experiment keeps artifacts: beside a sqlite file, the server's default, else settings'."""
     if settings.mlflow_artifact_location:
         return settings.mlflow_artifact_location
     if tracking_uri.startswith("sqlite:///"):
         return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
+    if tracking_uri.startswith(("http://", "https://")):
+        # The registry's URI, not MLFLOW_TRACKING_URI: a local folder would strand artifacts on this host.
+        return None
     return settings.artifact_location
 
 
@@ -252,7 +257,7 @@ class HokusaiModelRegistry:
             InvalidInputError: ``model_uuid`` is not an MLflow model id (``m-<32 hex>``); it is never
                 pasted into a filter string then.
         """
-        if not isinstance(model_uuid, str) or not MODEL_UUID_RE.match(model_uuid):
+        if not isinstance(model_uuid, str) or not MODEL_UUID_RE.fullmatch(model_uuid):
             raise InvalidInputError(f"model_uuid must look like 'm-' + 32 hex characters, got {model_uuid!r}")
         versions = self._search_versions(f"tags.{TAG_MODEL_UUID} = '{model_uuid}'")
         if not versions:
@@ -285,16 +290,16 @@ class HokusaiModelRegistry:
 
         Built from version tags only (no MLmodel downloads, no ``mlflow.log-model.history``).
         """
-        if not isinstance(model_name, str) or not MODEL_NAME_RE.match(model_name):
+        if not isinstance(model_name, str) or not MODEL_NAME_RE.fullmatch(model_name):
             raise InvalidInputError(f"model_name may hold only letters, digits, '_', '.', '-'; got {model_name!r}")
         versions = self._search_versions(f"name = '{model_name}'")
-        return [self._summary(v) for v in sorted(versions, key=lambda v: int(v.version))]
+        return self._summaries(sorted(versions, key=lambda v: int(v.version)))
 
     def get_contributor_models(self, address: str) -> list[dict[str, Any]]:
         """Every improved version attributed to the wallet ``address`` (case-insensitive)."""
         self.check_contributor(address)
         versions = self._search_versions(f"tags.{TAG_CONTRIBUTOR} = '{address.lower()}'")
-        return [self._summary(v) for v in sorted(versions, key=lambda v: (v.name, int(v.version)))]
+        return self._summaries(sorted(versions, key=lambda v: (v.name, int(v.version))))
 
     def find_version_by_tag(self, key: str, value: str) -> ModelVersion | None:
         """The oldest version whose tag ``key`` equals ``value`` (both validated by the caller)."""
@@ -303,7 +308,7 @@ class HokusaiModelRegistry:
 
     def promote_model_to_production(self, model_name: str, version: str | int) -> dict[str, Any]:
         """Point the ``production`` alias of ``model_name`` at ``version``."""
-        if not isinstance(model_name, str) or not MODEL_NAME_RE.match(model_name):
+        if not isinstance(model_name, str) or not MODEL_NAME_RE.fullmatch(model_name):
             raise InvalidInputError(f"model_name is not a valid registered model name: {model_name!r}")
         if not str(version).isdigit():
             raise InvalidInputError(f"version must be a positive integer, got {version!r}")
@@ -352,13 +357,13 @@ class HokusaiModelRegistry:
     # ------------------------------------------------------------------ validation helpers
     @staticmethod
     def check_contributor(address: Any) -> None:
-        if not isinstance(address, str) or not CONTRIBUTOR_RE.match(address):
+        if not isinstance(address, str) or not CONTRIBUTOR_RE.fullmatch(address):
             raise InvalidInputError(f"contributor must be 0x followed by 40 hex characters, got {address!r}")
 
     @staticmethod
     def model_type_of_baseline(baseline_id: Any) -> str:
         """The model type a baseline id ``hokusai_{type}_baseline/{version}`` names."""
-        match = BASELINE_ID_RE.match(baseline_id) if isinstance(baseline_id, str) else None
+        match = BASELINE_ID_RE.fullmatch(baseline_id) if isinstance(baseline_id, str) else None
         if match is None or match["type"] not in MODEL_TYPES:
             raise InvalidInputError(
                 f"baseline_id must look like 'hokusai_<model_type>_baseline/<version>', got {baseline_id!r}"
@@ -397,9 +402,17 @@ class HokusaiModelRegistry:
         if not isinstance(delta_metrics, Mapping):
             raise InvalidInputError("delta_metrics must be a dict of metric name to number")
         try:
-            return {str(key): float(value) for key, value in delta_metrics.items()}
+            deltas = {str(key): float(value) for key, value in delta_metrics.items()}
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"delta_metrics values must be numbers: {exc}") from exc
+        # Checked here: MLflow would reject the name only inside the run, leaving a FAILED run behind.
+        bad = [key for key in deltas if not (_METRIC_KEY_RE.fullmatch(key) and _is_plain_path(key))]
+        if bad:
+            raise InvalidInputError(
+                f"delta_metrics names may hold only letters, digits, '_', '-', '.', ' ', ':', '/' and "
+                f"must not start with '/' or '..', end with '/' or contain '//': {bad}"
+            )
+        return deltas
 
     # ------------------------------------------------------------------ internals
     def _activate(self) -> None:
@@ -463,7 +476,11 @@ class HokusaiModelRegistry:
         log_kwargs: dict[str, Any],
     ) -> ModelInfo:
         experiment_id = self.experiment_id()
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags or None):
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags or None) as run:
+            # MLflow adds the git state of the entry script; lineage is the code's repository or nothing.
+            for key in lineage.RUN_TAGS.values():
+                if key in run.data.tags and key not in run_tags:
+                    mlflow.delete_tag(key)
             if params or metrics:
                 mlflow.log_params(params) if params else None
                 mlflow.log_metrics(dict(metrics)) if metrics else None
@@ -474,10 +491,10 @@ class HokusaiModelRegistry:
         """Short scalar metadata as params (for search); anything long or nested stays metadata only."""
         params: dict[str, str] = {}
         for key, value in metadata.items():
-            if isinstance(value, (str, int, float, bool)) and _PARAM_KEY_RE.match(key):
-                text = str(value)
-                if len(text) <= _MAX_PARAM_VALUE_CHARS:
-                    params[key] = text
+            if not (_PARAM_KEY_RE.fullmatch(key) and _is_plain_path(key)):
+                continue
+            if isinstance(value, (str, int, float, bool)) and len(str(value)) <= _MAX_PARAM_VALUE_CHARS:
+                params[key] = str(value)
         return params
 
     def _search_versions(self, filter_string: str | None) -> list[ModelVersion]:
@@ -499,7 +516,9 @@ class HokusaiModelRegistry:
         try:
             with mlflow_boundary(f"reading model {version.name}/{version.version}"):
                 return mlflow.models.get_model_info(version.source).model_uuid
-        except MlflowException as exc:
+        except RegistryUnavailableError:
+            raise
+        except Exception as exc:  # a bad MLmodel or a missing artifact plugin: report it, keep going
             logger.warning("cannot read the model of %s/%s: %s", version.name, version.version, exc)
             return None
 
@@ -529,8 +548,17 @@ class HokusaiModelRegistry:
             "metadata": dict(metadata),
         }
 
+    def _summaries(self, versions: list[ModelVersion]) -> list[dict[str, Any]]:
+        # Searches return versions without their aliases; read them once per registered model.
+        aliases: dict[tuple[str, str], list[str]] = {}
+        with mlflow_boundary("reading model aliases"):
+            for name in sorted({v.name for v in versions}):
+                for alias, number in (self.client.get_registered_model(name).aliases or {}).items():
+                    aliases.setdefault((name, str(number)), []).append(alias)
+        return [self._summary(v, sorted(aliases.get((v.name, str(v.version)), []))) for v in versions]
+
     @staticmethod
-    def _summary(version: ModelVersion) -> dict[str, Any]:
+    def _summary(version: ModelVersion, aliases: list[str]) -> dict[str, Any]:
         tags = dict(version.tags or {})
         return {
             "model_id": f"{version.name}/{version.version}",
@@ -544,7 +572,7 @@ class HokusaiModelRegistry:
             "baseline_id": tags.get(TAG_BASELINE_ID),
             "contributor": tags.get(TAG_CONTRIBUTOR),
             "registration_timestamp": _utc_iso(version.creation_timestamp),
-            "aliases": list(getattr(version, "aliases", []) or []),
+            "aliases": aliases,
             "tags": tags,
         }
 
@@ -576,10 +604,16 @@ def _is_sklearn_estimator(model: Any) -> bool:
     return True
 
 
+def _is_plain_path(key: str) -> bool:
+    """MLflow refuses param and metric keys that normalise to another path (``a/``, ``/a``, ``a//b``)."""
+    norm = posixpath.normpath(key)
+    return norm == key and norm != "." and not norm.startswith(("..", "/"))
+
+
 def _model_id_from_source(source: str | None) -> str | None:
     if source and source.startswith("models:/m-"):
         candidate = source.removeprefix("models:/").split("/", 1)[0]
-        return candidate if MODEL_UUID_RE.match(candidate) else None
+        return candidate if MODEL_UUID_RE.fullmatch(candidate) else None
     return None
 
 

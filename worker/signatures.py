@@ -100,6 +100,7 @@ def example_frame(example: Any) -> Any:
 
 def _widen_to_schema(frame: Any, schema: Any) -> Any:
     import numpy as np
+    from pandas.api.types import is_integer_dtype
 
     widened = frame.copy()
     for spec in schema.inputs:
@@ -108,9 +109,10 @@ def _widen_to_schema(frame: Any, schema: Any) -> Any:
             continue
         type_name = getattr(getattr(spec, "type", None), "name", None)
         column = widened[name]
-        if type_name in {"double", "float"} and np.issubdtype(column.dtype, np.integer):
+        # pandas' own check: np.issubdtype raises TypeError on extension dtypes (pandas 3 text columns).
+        if type_name in {"double", "float"} and is_integer_dtype(column.dtype):
             widened[name] = column.astype("float64" if type_name == "double" else "float32")
-        elif type_name == "long" and np.issubdtype(column.dtype, np.integer):
+        elif type_name == "long" and is_integer_dtype(column.dtype):
             widened[name] = column.astype("int64")
         elif type_name == "integer" and column.dtype == np.int64:
             if column.between(np.iinfo(np.int32).min, np.iinfo(np.int32).max).all():

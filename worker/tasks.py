@@ -14,12 +14,11 @@ from typing import Any
 
 import redis
 from celery import Task
-from pydantic import ValidationError
-
 from hokusai_registry import failed_jobs, log
-from hokusai_registry.contract import DELIVER_WEBHOOK_TASK, REGISTER_TASK, WEBHOOK_TASK, RegistrationJob
-from hokusai_registry.errors import HokusaiError, InvalidJobError, PermanentError, RetryableError
+from hokusai_registry.contract import DELIVER_WEBHOOK_TASK, REGISTER_TASK, WEBHOOK_TASK
+from hokusai_registry.errors import BrokerUnavailableError, HokusaiError, PermanentError, RetryableError
 from hokusai_registry.settings import Settings, get_settings
+from producers.validation import validate_job
 from worker import backoff, delivery, events
 from worker.celery_app import app
 from worker.event_store import EventStore
@@ -75,23 +74,17 @@ def job_lock(job_id: str, settings: Settings) -> Iterator[None]:
             logger.warning("job lock for %s expired before release", job_id)
 
 
-def parse_job(payload: Any) -> RegistrationJob:
-    """Validate a job payload again on the worker side (producers may be older or foreign)."""
-    try:
-        return RegistrationJob.model_validate(payload)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors()
-        )
-        raise InvalidJobError(f"invalid registration job: {problems}") from None
-
-
 def retry_countdown(task: Task, exc: RetryableError, *, base_s: float, max_s: float) -> float | None:
-    """Seconds until the next attempt, or None when the task has used up its retries."""
+    """Seconds until the next attempt, or None when the task has used up its retries.
+
+    Never more than ``max_s``: the countdown is held in a worker's memory, and the settings keep
+    ``max_s`` below the visibility timeout (a longer countdown would be delivered twice).
+    """
     failed_attempt = task.request.retries + 1
     if task.max_retries is not None and task.request.retries >= task.max_retries:
         return None
-    delay = backoff.retry_delay(failed_attempt, retry_after_s=exc.retry_after_s, base_s=base_s, max_s=max_s)
+    delay = min(max_s, backoff.retry_delay(failed_attempt, retry_after_s=exc.retry_after_s, base_s=base_s,
+                                           max_s=max_s))  # fmt: skip
     logger.warning("attempt %d failed (%s); retrying in %.1fs", failed_attempt, exc, delay)
     return delay
 
@@ -102,7 +95,7 @@ def register_model(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     settings = get_settings()
     job_id = str(job.get("job_id") or self.request.id) if isinstance(job, dict) else str(self.request.id)
     try:
-        parsed = parse_job(job)
+        parsed = validate_job(job)  # again on this side: producers may be older, or foreign
         with job_lock(job_id, settings):
             result = register_job(parsed, get_registry(), settings)
         log.bind(model_uuid=result["model_uuid"], version=result["version"])
@@ -188,6 +181,6 @@ def _record_failure(job_id: str, job: Any, exc: BaseException, *, attempts: int)
             attempts=attempts,
             task=REGISTER_TASK,
         )
-    except redis.RedisError:
+    except (redis.RedisError, BrokerUnavailableError):
         logger.exception("could not record the failure of job %s", job_id)
     logger.error("job %s failed permanently after %d attempt(s): %s", job_id, attempts, exc)

@@ -1,0 +1,326 @@
+"""The ``hokusai-registry`` command line.
+
+Machine-readable output (JSON, job ids) goes to stdout; messages for humans go to stderr.
+Errors from the product's error tree exit with code 2 and their message, without a traceback
+(click's own usage errors exit 2 too); a job that ran and failed exits 1 under ``--wait``.
+Heavy modules (mlflow, the worker, celery) are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import IO, Any
+
+import click
+from pydantic import ValidationError
+
+from hokusai_registry.contract import MODEL_TYPES, job_json_schema
+from hokusai_registry.errors import ConfigurationError, HokusaiError
+from hokusai_registry.settings import Settings, get_settings
+
+
+class _ProductError(click.ClickException):
+    exit_code = 2
+
+
+class _Group(click.Group):
+    """A group that shows product errors as ``Error: <message>`` and exits 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HokusaiError as exc:
+            raise _ProductError(str(exc)) from exc
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:  # never echo the input: it may hold a password
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])).upper() or 'settings'}: {str(err['msg']).removeprefix('Value error, ')}"
+            for err in exc.errors(include_url=False, include_input=False)
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from exc
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _note(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hokusai-registry", prog_name="hokusai-registry")
+def main() -> None:
+    """Queue-backed MLflow model registration for the Hokusai marketplace."""
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of a registration job."""
+    _echo_json(job_json_schema())
+
+
+# ------------------------------------------------------------------ enqueue
+def _parse_json(option: str, text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=f"'{option}'") from exc
+
+
+def _parse_pairs(option: str, values: tuple[str, ...], *, numbers: bool = False) -> dict[str, Any] | None:
+    if not values:
+        return None
+    pairs: dict[str, Any] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=f"'{option}'")
+        if numbers:
+            try:
+                pairs[key] = float(value)
+            except ValueError as exc:
+                raise click.BadParameter(f"{key}: {value!r} is not a number", param_hint=f"'{option}'") from exc
+        else:
+            pairs[key] = value
+    return pairs
+
+
+def _read_job_file(handle: IO[str]) -> dict[str, Any]:
+    try:
+        fields = json.load(handle)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="'--file'") from exc
+    if not isinstance(fields, dict):
+        raise click.BadParameter("must hold a JSON object (the job's fields)", param_hint="'--file'")
+    return fields
+
+
+def _job_fields(file: IO[str] | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """The file's fields (if any), overridden by every flag that was given."""
+    fields = _read_job_file(file) if file is not None else {}
+    git = {k: flags.pop(f"git_{k}") for k in ("repo", "commit", "branch")}
+    if any(v is not None for v in git.values()):
+        fields["git"] = {**(fields.get("git") or {}), **{k: v for k, v in git.items() if v is not None}}
+    parsed = {
+        **flags,
+        "metadata": _parse_json("--metadata", flags["metadata"]),
+        "signature": _parse_json("--signature", flags["signature"]),
+        "input_example": _parse_json("--input-example", flags["input_example"]),
+        "benchmark": _parse_json("--benchmark", flags["benchmark"]),
+        "tags": _parse_pairs("--tag", flags["tags"]),
+        "delta_metrics": _parse_pairs("--delta-metric", flags["delta_metrics"], numbers=True),
+        "pip_requirements": list(flags["pip_requirements"]) or None,
+    }
+    fields.update({key: value for key, value in parsed.items() if value is not None})
+    return fields
+
+
+@main.command()
+@click.option("--file", "file", type=click.File("r", encoding="utf-8"), help="Job JSON file ('-' for stdin).")
+@click.option("--job-id", help="Idempotency key (UUID); generated when absent.")
+@click.option("--kind", type=click.Choice(["baseline", "improved"]))
+@click.option("--model-type", type=click.Choice(MODEL_TYPES))
+@click.option("--artifact-uri", help="The MLflow model folder or URI.")
+@click.option("--metadata", help="JSON object.")
+@click.option("--signature", help="JSON: ModelSignature.to_dict().")
+@click.option("--input-example", help="JSON list of records.")
+@click.option("--pip-requirement", "pip_requirements", multiple=True, help="Repeatable.")
+@click.option("--git-repo")
+@click.option("--git-commit")
+@click.option("--git-branch")
+@click.option("--baseline-id", help="Improved jobs: 'name/version' of the baseline.")
+@click.option("--delta-metric", "delta_metrics", multiple=True, metavar="NAME=NUMBER", help="Repeatable.")
+@click.option("--contributor", help="Improved jobs: 0x wallet address.")
+@click.option("--token-id", help="Marketplace token symbol.")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Repeatable.")
+@click.option("--eval-spec")
+@click.option("--scorer-ref")
+@click.option("--primary-metric")
+@click.option("--benchmark-spec-id")
+@click.option("--benchmark", help="JSON: {metric_name, baseline_value, current_value, higher_is_better}.")
+@click.option("--wait", is_flag=True, help="Block until the registration finished; print its status JSON.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=600.0, show_default=True,
+              help="Seconds to wait with --wait.")
+def enqueue(file: IO[str] | None, wait: bool, timeout_s: float, **flags: Any) -> None:
+    """Enqueue a registration job from flags and/or --file (flags override the file).
+
+    Prints the job id, or with --wait the final status JSON (exit 1 if the job failed).
+    """
+    from producers.enqueue import enqueue_registration, wait_for_job
+
+    settings = _settings()
+    job_id = enqueue_registration(_job_fields(file, flags), settings=settings)
+    if not wait:
+        click.echo(job_id)
+        return
+    _note(f"enqueued job {job_id}; waiting up to {timeout_s:g}s")
+    status = wait_for_job(job_id, timeout_s, settings)
+    _echo_json(status)
+    if status["state"] != "SUCCESS":
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------ jobs
+@main.group(cls=_Group)
+def jobs() -> None:
+    """Inspect enqueued and failed jobs."""
+
+
+@jobs.command("status")
+@click.argument("job_id")
+def jobs_status(job_id: str) -> None:
+    """Print the state and result/error of JOB_ID as JSON."""
+    from producers.enqueue import job_status
+
+    _echo_json(job_status(job_id, _settings()))
+
+
+def _parse_since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"expected an ISO date/time, got {value!r}") from exc
+
+
+@jobs.command("failed")
+@click.option("--since", callback=_parse_since, help="Only failures at/after this ISO time (naive = UTC).")
+def jobs_failed(since: datetime | None) -> None:
+    """List jobs that failed for good (the failed-jobs store), oldest first, as JSON."""
+    from hokusai_registry import failed_jobs
+
+    client = failed_jobs.connect(_settings().redis_url)
+    try:
+        records = failed_jobs.list_failures(client, since)
+    finally:
+        client.close()
+    _echo_json([record.model_dump(mode="json") for record in records])
+    _note(f"{len(records)} failed job(s)")
+
+
+# ------------------------------------------------------------------ maintenance
+@main.command("backfill-uuids")
+@click.option("--dry-run", is_flag=True, help="Report what would be tagged; change nothing.")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the embedded store).")
+def backfill_uuids(dry_run: bool, tracking_uri: str | None) -> None:
+    """Tag model versions registered without a model_uuid tag (safe to run twice)."""
+    from worker.registry import HokusaiModelRegistry
+
+    registry = HokusaiModelRegistry(tracking_uri, settings=_settings())
+    total = registry.count_versions()
+    with click.progressbar(length=total, label="scanning model versions", file=sys.stderr) as bar:
+        report = registry.backfill_model_uuids(dry_run=dry_run, on_progress=lambda _version: bar.update(1))
+    _echo_json(report)
+    verb = "would tag" if dry_run else "tagged"
+    _note(
+        f"{'dry run: ' if dry_run else ''}{verb} {len(report['tagged'])} of {report['scanned']} version(s); "
+        f"{report['already_tagged']} already tagged, {len(report['unresolved'])} unresolved"
+    )
+
+
+# ------------------------------------------------------------------ webhooks
+def _event_store() -> Any:
+    import redis
+
+    from worker.event_store import EventStore
+
+    return EventStore(redis.Redis.from_url(_settings().redis_url))
+
+
+@main.group(cls=_Group)
+def webhooks() -> None:
+    """Inspect and replay webhook events that could not be delivered (dead letters)."""
+
+
+@webhooks.command("failed")
+@click.option("--since", callback=_parse_since, help="Only those dead-lettered at/after this ISO time (naive = UTC).")
+def webhooks_failed(since: datetime | None) -> None:
+    """List dead-lettered webhook events, oldest first, as JSON (without bodies)."""
+    records = _event_store().list_dead_letters(since)
+    _echo_json([record.as_dict() for record in records])
+    _note(f"{len(records)} undelivered webhook event(s)")
+
+
+@webhooks.command("show")
+@click.argument("event_id")
+def webhooks_show(event_id: str) -> None:
+    """Show one stored webhook event with its body and delivery history."""
+    record = _event_store().get(event_id)
+    if record is None:
+        raise click.ClickException(f"no stored webhook event {event_id!r} (delivered ones expire)")
+    _echo_json(record.as_dict(include_body=True))
+
+
+@webhooks.command("replay")
+@click.argument("event_ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter (with --since: only recent ones).")
+@click.option("--since", callback=_parse_since, help="With --all: only those dead-lettered at/after this ISO time.")
+def webhooks_replay(event_ids: tuple[str, ...], replay_all: bool, since: datetime | None) -> None:
+    """Send dead letters again (same body, same idempotency key); delivered ones are removed.
+
+    Exits 1 when any event still could not be delivered (it stays a dead letter).
+    """
+    from worker.replay import replay_dead_letters
+
+    if bool(event_ids) == replay_all:
+        raise click.UsageError("name EVENT_IDS or pass --all, not both")
+    if since is not None and not replay_all:
+        raise click.UsageError("--since goes with --all")
+    report = replay_dead_letters(
+        _event_store(), settings=_settings(), event_ids=event_ids or None, since=since
+    )
+    _echo_json({"delivered": report.delivered, "failed": report.failed})
+    _note(f"{len(report.delivered)} delivered, {len(report.failed)} still undelivered")
+    if report.failed:
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------ operating
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(as_json: bool) -> None:
+    """Check Redis, the MLflow store, the webhook settings and the workers; say how to fix what is wrong.
+
+    Exits 1 when any check fails (warnings do not).
+    """
+    from worker.doctor import run_checks
+
+    checks = run_checks(_settings())
+    if as_json:
+        _echo_json([check.as_dict() for check in checks])
+    else:
+        colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for check in checks:
+            mark = click.style(f"{check.status:>4}", fg=colours[check.status], bold=True)
+            click.echo(f"{mark}  {check.name}: {check.detail}")
+            if check.fix:
+                click.echo(f"      fix: {check.fix}")
+    if any(check.status == "fail" for check in checks):
+        sys.exit(1)
+
+
+@main.command()
+def demo() -> None:
+    """Run the whole pipeline once on embedded defaults and print what it produced.
+
+    Trains a small model with examples/train_pipeline.py, enqueues it as a pipeline would,
+    lets a real worker register it in a local MLflow store, and prints the ModelInfo, the
+    ModelVersion and the signed webhook a local receiver verified. Stops what it started.
+    """
+    from hokusai_registry.demo import print_report, run_demo
+
+    print_report(run_demo(_settings()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,233 @@
+"""Local processes for the demo, the benchmarks and the tests: Redis, workers, an MLflow server.
+
+Everything here starts real processes in their own process group and stops them again;
+waits poll with a deadline. Only the standard library is imported at module level.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from hokusai_registry.contract import REGISTRATION_QUEUE, WEBHOOK_QUEUE
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class StackError(RuntimeError):
+    """A local process could not be started; the message carries the end of its log."""
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout_s: float, interval_s: float = 0.1, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; raise ``TimeoutError`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what or predicate}")
+        time.sleep(interval_s)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def log_tail(path: Path, lines: int = 60) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def stop_process_group(process: subprocess.Popen[bytes], *, timeout_s: float = 30, kill: bool = False) -> None:
+    """SIGTERM (or SIGKILL) a process started with ``start_new_session``; SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout_s)
+
+
+@contextmanager
+def redis_server(redis_url: str, work_dir: Path) -> Iterator[str]:
+    """Yield a reachable Redis URL: ``redis_url`` when it answers, else a local ``redis-server``."""
+    parts = urlsplit(redis_url)
+    if port_open(parts.hostname or "127.0.0.1", parts.port or 6379):
+        yield redis_url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StackError(f"Redis is not reachable at {parts.hostname}:{parts.port} and redis-server is not installed")
+    port = free_port()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log_path = work_dir / f"redis-{port}.log"
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--dir", str(work_dir), "--logfile", str(log_path)]  # fmt: skip
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_until(lambda: port_open("127.0.0.1", port), timeout_s=20, what="redis-server")
+        except TimeoutError as exc:
+            raise StackError(f"redis-server did not start:\n{log_tail(log_path)}") from exc
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop_process_group(process)
+
+
+class WorkerProcess:
+    """One ``celery -A worker worker`` in its own process group, logging to a file."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_dir: Path,
+        *,
+        concurrency: int = 1,
+        queues: tuple[str, ...] = (REGISTRATION_QUEUE, WEBHOOK_QUEUE),
+        pool: str = "prefork",
+        loglevel: str = "INFO",
+    ) -> None:
+        self.env = {**os.environ, **env}
+        self.name = f"worker-{uuid.uuid4().hex[:8]}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{self.name}.log"
+        self.command = [
+            sys.executable, "-m", "celery", "-A", "worker", "worker",
+            "--loglevel", loglevel,
+            "--queues", ",".join(queues),
+            "--concurrency", str(concurrency),
+            "--pool", pool,
+            "--hostname", f"{self.name}@%h",
+            "--without-gossip", "--without-mingle",
+        ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout_s: float = 90) -> "WorkerProcess":
+        """Start the worker and wait until it says it is ready; raise ``StackError`` if it exits."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command, cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        wait_until(self._ready, timeout_s=ready_timeout_s, what=f"worker {self.name} to be ready")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise StackError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
+        return " ready." in self.log_text()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return log_tail(self.log_path, lines)
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children), as a host crash would."""
+        if self.process is not None:
+            stop_process_group(self.process, kill=True)
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """Warm shutdown (SIGTERM): running tasks finish; SIGKILL if it does not stop in time."""
+        if self.process is not None:
+            stop_process_group(self.process, timeout_s=timeout_s)
+
+    def __enter__(self) -> "WorkerProcess":
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextmanager
+def mlflow_server(
+    *, backend_uri: str, artifacts_dir: Path, port: int | None = None, startup_timeout_s: float = 180
+) -> Iterator[str]:
+    """Run ``mlflow server`` on ``backend_uri`` with served artifacts; yield ``http://127.0.0.1:<port>``."""
+    port = port or free_port()
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    log_path = artifacts_dir.parent / f"mlflow-server-{port}.log"
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend_uri,
+        "--artifacts-destination", str(artifacts_dir),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+        # Since MLflow 3.5 unknown Host headers get 403; name ours explicitly.
+        "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}",
+    ]  # fmt: skip
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while not _healthy(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                state = f"exited with {process.returncode}" if process.poll() is not None else "timed out"
+                raise StackError(f"mlflow server {state} before {url}/health answered:\n{log_tail(log_path)}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        stop_process_group(process, timeout_s=10)
+
+
+@contextmanager
+def postgres_database(admin_dsn: str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres") -> Iterator[str]:
+    """Create an empty PostgreSQL database; yield its SQLAlchemy URI; drop it afterwards."""
+    import psycopg2
+
+    name = f"hokusai_{uuid.uuid4().hex[:16]}"
+    connection = psycopg2.connect(admin_dsn, connect_timeout=10)
+    connection.autocommit = True  # CREATE/DROP DATABASE cannot run inside a transaction
+    params = dict(part.split("=", 1) for part in admin_dsn.split())
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql+psycopg2://{params['user']}@{params['host']}:{params['port']}/{name}"
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.close()
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new temporary folder (the caller removes it)."""
+    return Path(tempfile.mkdtemp(prefix=prefix))

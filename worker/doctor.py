@@ -1,0 +1,126 @@
+"""``hokusai-registry doctor``: check Redis, MLflow, the webhook settings and the workers.
+
+Each check says what it found and, when something is wrong, how to fix it. A ``fail`` makes
+the command exit non-zero; a ``warn`` is worth knowing but does not stop the system.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from hokusai_registry.errors import ConfigurationError
+from hokusai_registry.settings import Settings
+
+Status = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return asdict(self)
+
+
+def redact(url: str) -> str:
+    """A URL without its password, for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def check_redis(settings: Settings) -> Check:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
+        client.ping()
+        version = client.info("server").get("redis_version", "?")
+    except redis.RedisError as exc:
+        return Check("redis", "fail", f"{redact(settings.redis_url)} does not answer: {exc}",
+                     "start Redis, or set REDIS_URL to one that runs")  # fmt: skip
+    return Check("redis", "ok", f"{redact(settings.redis_url)} answers (Redis {version})")
+
+
+def check_mlflow(settings: Settings) -> Check:
+    from mlflow.tracking import MlflowClient
+
+    uri = settings.tracking_uri
+    try:
+        MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models(max_results=1)
+    except Exception as exc:  # any failure here means the store is not usable
+        return Check("mlflow", "fail", f"{redact(uri)} is not usable: {type(exc).__name__}: {str(exc)[:300]}",
+                     "start the tracking server, or fix MLFLOW_TRACKING_URI")  # fmt: skip
+    return Check("mlflow", "ok", f"{redact(uri)} answers")
+
+
+def check_webhooks(settings: Settings) -> Check:
+    from worker.delivery import check_webhook_config
+
+    if settings.webhook_url is None:
+        return Check("webhooks", "warn", "WEBHOOK_URL is not set: events are kept as dead letters, not sent",
+                     "set WEBHOOK_URL and WEBHOOK_SECRET, then `hokusai-registry webhooks replay --all`")  # fmt: skip
+    try:
+        check_webhook_config(settings)
+    except ConfigurationError as exc:
+        return Check("webhooks", "fail", str(exc), "see docs/configuration.md (WEBHOOK_*)")
+    signed = "signed" if settings.webhook_secret else "UNSIGNED (WEBHOOK_ALLOW_UNSIGNED)"
+    return Check("webhooks", "ok", f"events go to {redact(settings.webhook_url)}, {signed}")
+
+
+def check_workers(settings: Settings) -> Check:
+    from celery import Celery
+
+    app = Celery(broker=settings.redis_url)
+    app.conf.update(accept_content=["json"], task_serializer="json", result_serializer="json")
+    try:
+        replies = app.control.ping(timeout=2.0)
+    except Exception as exc:  # broker errors surface in the redis check
+        return Check("workers", "warn", f"could not ask workers: {exc}")
+    finally:
+        app.close()
+    if not replies:
+        return Check("workers", "warn", "no worker answered: jobs wait in the queue until one starts",
+                     "start one with `celery -A worker worker`")  # fmt: skip
+    return Check("workers", "ok", f"{len(replies)} worker(s) answered: {', '.join(sorted(k for r in replies for k in r))}")
+
+
+def check_backlog(settings: Settings) -> Check:
+    import redis
+
+    from hokusai_registry import failed_jobs
+    from worker.event_store import EventStore
+
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
+        dead = len(EventStore(client).list_dead_letters())
+        failed = len(failed_jobs.list_failures(client))
+    except Exception as exc:  # already reported by the redis check
+        return Check("backlog", "warn", f"could not read the failure stores: {exc}")
+    if dead or failed:
+        return Check("backlog", "warn", f"{failed} failed job(s), {dead} undelivered webhook(s)",
+                     "inspect with `hokusai-registry jobs failed` and `hokusai-registry webhooks failed`")  # fmt: skip
+    return Check("backlog", "ok", "no failed jobs, no undelivered webhooks")
+
+
+CHECKS: tuple[Callable[[Settings], Check], ...] = (check_redis, check_mlflow, check_webhooks, check_workers,
+                                                  check_backlog)  # fmt: skip
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    """Every check, in order; a check that crashes is reported as failed, not raised."""
+    results = []
+    for check in CHECKS:
+        try:
+            results.append(check(settings))
+        except Exception as exc:  # a doctor must finish its round
+            results.append(Check(check.__name__.removeprefix("check_"), "fail", f"{type(exc).__name__}: {exc}"))
+    return results
