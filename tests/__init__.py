@@ -1,0 +1,1 @@
+"""Tests; a package so that helpers (``tests.mlflow_server``, ``tests.conftest``) can be imported."""
