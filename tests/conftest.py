@@ -43,7 +43,7 @@ def free_port() -> int:
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No test reads the developer's settings, and each test's HOKUSAI_HOME is its own."""
     for key in list(os.environ):
-        if key.startswith(("WEBHOOK_", "MLFLOW_TRACKING", "REDIS_URL", "HOKUSAI_HOME", "ALLOWED_ARTIFACT")):
+        if key.startswith(("WEBHOOK_", "MLFLOW_TRACKING", "MLFLOW_REGISTRY", "REDIS_URL", "HOKUSAI_HOME", "ALLOWED_ARTIFACT")):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOKUSAI_HOME", str(tmp_path / "home"))
     from hokusai_registry.settings import get_settings
@@ -51,6 +51,22 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+    _reset_mlflow_globals()
+
+
+def _reset_mlflow_globals() -> None:
+    """Forget the tracking and registry URIs a test set process-wide.
+
+    ``HokusaiModelRegistry`` sets them globally (MLflow's SQL registry resolves ``models:/``
+    through them), and MLflow also exports them as environment variables, which would point a
+    later test's clients, and the worker processes it starts, at this test's store.
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    mlflow.set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI
+    registry_utils._registry_uri = None
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 @pytest.fixture(scope="session")
