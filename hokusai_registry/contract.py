@@ -51,7 +51,7 @@ class GitInfo(BaseModel):
     @field_validator("commit")
     @classmethod
     def _check_commit(cls, value: str | None) -> str | None:
-        if value is not None and not GIT_COMMIT_RE.match(value):
+        if value is not None and not GIT_COMMIT_RE.fullmatch(value):
             raise ValueError("must be a lower-case hex commit hash of 7 to 64 characters")
         return value
 
@@ -150,14 +150,14 @@ class RegistrationJob(BaseModel):
     @field_validator("baseline_id")
     @classmethod
     def _check_baseline_id(cls, value: str | None) -> str | None:
-        if value is not None and not MODEL_ID_RE.match(value):
+        if value is not None and not MODEL_ID_RE.fullmatch(value):
             raise ValueError("must look like 'registered_model_name/version'")
         return value
 
     @field_validator("contributor")
     @classmethod
     def _check_contributor(cls, value: str | None) -> str | None:
-        if value is not None and not CONTRIBUTOR_RE.match(value):
+        if value is not None and not CONTRIBUTOR_RE.fullmatch(value):
             raise ValueError("must be 0x followed by 40 hex characters")
         return value
 
@@ -167,7 +167,7 @@ class RegistrationJob(BaseModel):
         if value is None:
             return None
         lowered = value.lower()
-        if not TOKEN_ID_RE.match(lowered):
+        if not TOKEN_ID_RE.fullmatch(lowered):
             raise ValueError("must contain only letters, digits and '-'")
         return lowered
 
