@@ -33,6 +33,8 @@ event_serializer = "json"
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+# Pool processes open the MLflow store before reporting ready (worker.celery_app._warm_up).
+worker_proc_alive_timeout = 60
 # Must exceed the longest task plus the longest retry countdown (Settings validates this),
 # or Redis redelivers a message that is still being worked on or waiting for its retry.
 broker_transport_options = {

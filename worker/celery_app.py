@@ -71,6 +71,17 @@ def _configure_logging(**_: Any) -> None:
     log.configure_logging(get_settings())
 
 
+@signals.worker_process_init.connect
+def _warm_up(**_: Any) -> None:
+    """Open this pool process's MLflow store now, so the first job does not pay for it."""
+    from worker.tasks import get_registry
+
+    try:
+        get_registry().experiment_id()
+    except Exception:  # MLflow may be down at start-up; the first job will retry
+        logging.getLogger(__name__).warning("MLflow not reachable at start-up", exc_info=True)
+
+
 @signals.task_prerun.connect
 def _bind_job_context(task_id: str | None = None, args: tuple[Any, ...] | None = None, **_: Any) -> None:
     log.clear()
