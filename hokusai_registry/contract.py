@@ -23,6 +23,20 @@ WEBHOOK_TASK = "hokusai.emit_webhook"
 #: Sends an event already stored (a deferred retry, or a re-sent event); internal to workers.
 DELIVER_WEBHOOK_TASK = "hokusai.deliver_webhook"
 
+#: The webhook step's task id is derived from the job id, so it can be looked up (Flower, status).
+WEBHOOK_TASK_ID_SUFFIX = "-webhook"
+
+
+def webhook_task_id(job_id: str | UUID) -> str:
+    """The task id of a job's webhook step (the registration step's task id is the job id)."""
+    return f"{job_id}{WEBHOOK_TASK_ID_SUFFIX}"
+
+
+def job_id_of_task(task_id: str) -> str:
+    """The job id a registration or webhook task id belongs to."""
+    return task_id.removesuffix(WEBHOOK_TASK_ID_SUFFIX)
+
+
 #: Queues: registrations and webhooks scale and fail independently.
 REGISTRATION_QUEUE = "hokusai.registrations"
 WEBHOOK_QUEUE = "hokusai.webhooks"

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+from hokusai_registry.contract import job_id_of_task
 from hokusai_registry.settings import Settings
 
 CONTEXT_FIELDS = ("job_id", "model_uuid", "version", "event_id")
@@ -43,13 +44,34 @@ def bound(**fields: object) -> Iterator[None]:
 
 
 class ContextFilter(logging.Filter):
-    """Copies the bound context onto each record (missing fields become '-')."""
+    """Copies the bound context onto each record (missing fields become '-').
+
+    Celery's own lines about a task ("Received task", "succeeded", "retry") are logged outside
+    the task's context, in the main process; their job id comes from the task id they carry.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         context = _context.get()
+        if "job_id" not in context and (task_id := _celery_task_id(record)) is not None:
+            context = {"job_id": job_id_of_task(task_id)}
         for field in CONTEXT_FIELDS:
-            setattr(record, field, context.get(field, "-"))
+            if getattr(record, field, None) is None:  # a logger's own ``extra`` wins
+                setattr(record, field, context.get(field, "-"))
         return True
+
+
+def _celery_task_id(record: logging.LogRecord) -> str | None:
+    """The task id in a Celery log record's arguments (a dict with ``id``, or a task request)."""
+    if not record.name.startswith("celery"):
+        return None
+    args = record.args
+    if isinstance(args, Mapping):
+        task_id = args.get("id")
+    elif isinstance(args, tuple) and args:
+        task_id = getattr(args[0], "id", None)
+    else:
+        task_id = None
+    return task_id if isinstance(task_id, str) else None
 
 
 class JsonFormatter(logging.Formatter):

@@ -26,6 +26,7 @@ from hokusai_registry.contract import (
     WEBHOOK_QUEUE,
     WEBHOOK_TASK,
     RegistrationJob,
+    webhook_task_id,
 )
 from hokusai_registry.errors import InvalidInputError, RetryableError
 from hokusai_registry.settings import Settings, get_settings
@@ -39,11 +40,6 @@ POLL_INTERVAL_MAX_S = 1.0
 
 class JobTimeoutError(RetryableError, TimeoutError):
     """:func:`wait_for_job` reached its deadline before the job finished."""
-
-
-def webhook_task_id(job_id: str | UUID) -> str:
-    """The task id of a job's webhook step (derived, so it can be looked up and is stable on replay)."""
-    return f"{job_id}-webhook"
 
 
 def enqueue_registration(

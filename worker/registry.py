@@ -245,7 +245,11 @@ class HokusaiModelRegistry:
                 tags={TAG_MODEL_UUID: model_info.model_uuid, **version_tags},
             )
         logger.info(
-            "registered %s version %s (model_uuid=%s)", version.name, version.version, model_info.model_uuid
+            "registered %s version %s (model_uuid=%s)",
+            version.name,
+            version.version,
+            model_info.model_uuid,
+            extra={"model_uuid": model_info.model_uuid, "version": str(version.version)},
         )
         return self._result(model_info, version, model_type=model_type, is_baseline=is_baseline, metadata=meta)
 
@@ -451,7 +455,7 @@ class HokusaiModelRegistry:
         **kwargs: Any,
     ) -> dict[str, Any]:
         flavor, model_kwarg, default_requirements = _flavor_for(model)
-        requirements = list(pip_requirements) if pip_requirements else default_requirements
+        requirements = list(pip_requirements) if pip_requirements else default_requirements()
         paths = [str(Path(p)) for p in code_paths] if code_paths else None
         if paths:
             missing = [p for p in paths if not Path(p).exists()]
@@ -475,16 +479,19 @@ class HokusaiModelRegistry:
         metrics: Mapping[str, float] | None,
         log_kwargs: dict[str, Any],
     ) -> ModelInfo:
-        experiment_id = self.experiment_id()
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags or None) as run:
-            # MLflow adds the git state of the entry script; lineage is the code's repository or nothing.
-            for key in lineage.RUN_TAGS.values():
-                if key in run.data.tags and key not in run_tags:
-                    mlflow.delete_tag(key)
-            if params or metrics:
-                mlflow.log_params(params) if params else None
-                mlflow.log_metrics(dict(metrics)) if metrics else None
-            return log_model(log_kwargs)
+        from mlflow.tracking.context.git_context import GitRunContext
+        from mlflow.tracking.context.registry import resolve_tags
+
+        # MLflow's fluent start_run would tag the git state of the *calling script*; lineage is the
+        # training code's repository (run_tags) or nothing, so create the run without that context.
+        run = self.client.create_run(
+            self.experiment_id(), run_name=run_name, tags=resolve_tags(run_tags, ignore=[GitRunContext])
+        )
+        with mlflow.start_run(run_id=run.info.run_id):
+            if metrics:
+                mlflow.log_metrics(dict(metrics))
+            # Params go with the model (one request), searchable with search_logged_models.
+            return log_model({**log_kwargs, "params": params or None})
 
     @staticmethod
     def _searchable_params(metadata: Mapping[str, Any]) -> dict[str, str]:
@@ -577,18 +584,18 @@ class HokusaiModelRegistry:
         }
 
 
-def _flavor_for(model: Any) -> tuple[Any, str, list[str]]:
-    """(flavor module, its model keyword, default pip requirements) for a model object."""
+def _flavor_for(model: Any) -> tuple[Any, str, Callable[[], list[str]]]:
+    """(flavor module, its model keyword, its default pip requirements) for a model object."""
     import mlflow.pyfunc
 
     if isinstance(model, mlflow.pyfunc.PythonModel):
         from mlflow.pyfunc.model import get_default_pip_requirements
 
-        return mlflow.pyfunc, "python_model", get_default_pip_requirements()
+        return mlflow.pyfunc, "python_model", get_default_pip_requirements
     if _is_sklearn_estimator(model):
         import mlflow.sklearn
 
-        return mlflow.sklearn, "sk_model", mlflow.sklearn.get_default_pip_requirements()
+        return mlflow.sklearn, "sk_model", mlflow.sklearn.get_default_pip_requirements
     raise InvalidInputError(
         f"model must be an mlflow.pyfunc.PythonModel or a scikit-learn estimator, not {type(model).__name__}"
     )

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import redis
 from celery import Task
 from hokusai_registry import failed_jobs, log
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 _registry: HokusaiModelRegistry | None = None
 _redis: redis.Redis | None = None
 _event_store: EventStore | None = None
+_http_client: httpx.Client | None = None
 
 
 def get_registry() -> HokusaiModelRegistry:
@@ -132,19 +134,26 @@ def emit_webhook(self: Task, result: dict[str, Any]) -> dict[str, Any]:
     if reason is not None:
         logger.info("no webhook for %s/%s: %s", result["model_name"], result["version"], reason)
         return {**summary, "status": "skipped", "reason": reason}
-    event = get_event_store().save_if_absent(events.build_event(result, job))
-    return {**summary, **_send_event(self, event.event_id)}
+    event = events.build_event(result, job)
+    log.bind(event_id=event.event_id)
+    stored = get_event_store().save_if_absent(event)  # a re-run finds the first run's event
+    return {**summary, **_send_event(self, stored.event_id)}
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, bind=True, max_retries=None)
 def deliver_webhook(self: Task, event_id: str) -> dict[str, Any]:
     """Send an event that is already stored (a deferred retry that came due)."""
+    record = get_event_store().get(event_id)
+    if record is not None:
+        log.bind(job_id=record.event.job_id, version=record.event.version)
     return _send_event(self, event_id)
 
 
 def _send_event(task: Task, event_id: str) -> dict[str, Any]:
     log.bind(event_id=event_id)
-    outcome = delivery.send_stored_event(get_event_store(), event_id, settings=get_settings())
+    outcome = delivery.send_stored_event(
+        get_event_store(), event_id, settings=get_settings(), client=get_http_client()
+    )
     if outcome.status == "retry":
         assert outcome.countdown_s is not None
         logger.warning("webhook attempt %d failed (%s); retrying in %.1fs", outcome.attempt, outcome.reason,
@@ -160,6 +169,17 @@ def pump_deferred_webhooks(limit: int = 100) -> int:
     for event_id in claimed:
         deliver_webhook.apply_async(args=[event_id])
     return len(claimed)
+
+
+def get_http_client() -> httpx.Client:
+    """This process's HTTP client: one connection pool and TLS context for every delivery.
+
+    ``deliver`` sets the timeouts and refuses redirects on each request itself.
+    """
+    global _http_client
+    if _http_client is None:
+        _http_client = httpx.Client(follow_redirects=False)
+    return _http_client
 
 
 def get_event_store() -> EventStore:

@@ -1,0 +1,117 @@
+"""Operating it: job context on every log line (text and JSON), `hokusai-registry doctor`, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hokusai_registry.contract import webhook_task_id
+from hokusai_registry.devstack import free_port
+from producers import enqueue_registration
+from tests.queue_helpers import client_app, job_fields, save_model_dir, wait_result
+from tests.test_webhooks_e2e import SECRET
+from tests.worker_process import ROOT, WorkerProcess
+from worker.receiver import WebhookReceiver
+
+pytestmark = pytest.mark.slow
+
+
+def run_logged_job(env: dict[str, str], tmp_path: Path, staging: Path, model: Any) -> tuple[str, dict[str, Any], str]:
+    """One job whose webhook fails once then succeeds; returns (job id, webhook outcome, worker log)."""
+    with WebhookReceiver(SECRET) as receiver:
+        receiver.script(500, 200)
+        worker_env = {**env, "WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET, "WEBHOOK_ALLOW_HTTP": "true"}
+        with WorkerProcess(worker_env, tmp_path) as worker:
+            job_id = enqueue_registration(job_fields(save_model_dir(model, staging)))
+            outcome = wait_result(client_app(env["REDIS_URL"]), webhook_task_id(job_id), timeout_s=90)
+            assert outcome.result["status"] == "delivered", worker.log_tail()
+        return job_id, outcome.result, worker.log_text()
+
+
+def test_json_logs_carry_the_job_context_on_every_line(
+    worker_env: dict[str, str], staging: Path, sk_model: Any, tmp_path: Path, redis_url: str
+) -> None:
+    job_id, outcome, log = run_logged_job({**worker_env, "LOG_FORMAT": "json"}, tmp_path, staging, sk_model)
+    registered = client_app(redis_url).AsyncResult(job_id).result
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert records, "LOG_FORMAT=json prints one JSON object per line"
+
+    about_the_job = [r for r in records if job_id in r["message"] or r["logger"].startswith(("worker.", "celery.app.trace"))]
+    assert len(about_the_job) >= 4
+    for record in about_the_job:
+        assert record.get("job_id") == job_id, record
+    (done,) = [r for r in records if r["message"].startswith("registered ")]
+    assert done["model_uuid"] == registered["model_uuid"] and done["version"] == registered["version"]
+    webhook_lines = [r for r in records if r["logger"].startswith("worker.") and "webhook" in r["message"]]
+    assert any("retrying" in r["message"] for r in webhook_lines)
+    for record in webhook_lines:
+        assert record.get("event_id") == outcome["event_id"], record
+        assert record.get("version") == registered["version"], record
+        assert record.get("model_uuid") == registered["model_uuid"], record
+
+
+def test_text_logs_carry_the_job_context(
+    worker_env: dict[str, str], staging: Path, sk_model: Any, tmp_path: Path
+) -> None:
+    job_id, outcome, log = run_logged_job(worker_env, tmp_path, staging, sk_model)
+    succeeded = [line for line in log.splitlines() if "succeeded in" in line]
+    assert len(succeeded) == 2, "the register and the webhook task"
+    assert all(f"job_id={job_id}" in line for line in succeeded)
+    assert any(f"event_id={outcome['event_id']}" in line for line in log.splitlines())
+
+
+# ---------------------------------------------------------------------------- doctor
+def run_cli(*args: str, env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hokusai_registry.cli", *args], env={**os.environ, **env},
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+
+
+def test_doctor_passes_when_everything_is_up(worker_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**worker_env, "WEBHOOK_URL": "https://marketplace.example/hooks", "WEBHOOK_SECRET": SECRET}
+    with WorkerProcess(env, tmp_path):
+        done = run_cli("doctor", "--json", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    checks = {check["name"]: check for check in json.loads(done.stdout)}
+    assert {name: check["status"] for name, check in checks.items()} == {
+        "redis": "ok", "mlflow": "ok", "webhooks": "ok", "workers": "ok", "backlog": "ok",
+    }  # fmt: skip
+    assert SECRET not in done.stdout + done.stderr
+
+
+def test_doctor_says_what_is_wrong_and_how_to_fix_it(worker_env: dict[str, str]) -> None:
+    env = {
+        **worker_env,
+        "REDIS_URL": f"redis://:hunter2@127.0.0.1:{free_port()}/0",
+        "WEBHOOK_URL": "https://marketplace.example/hooks",
+    }
+    done = run_cli("doctor", env=env)
+    assert done.returncode == 1
+    assert "fail  redis" in done.stdout and "hunter2" not in done.stdout + done.stderr
+    assert "fix: start Redis, or set REDIS_URL" in done.stdout
+    assert "fail  webhooks: WEBHOOK_SECRET is not set" in done.stdout
+    assert "ok  mlflow" in done.stdout
+
+
+# ---------------------------------------------------------------------------- demo
+def test_demo_runs_the_pipeline_and_starts_its_own_redis_when_none_answers(tmp_path: Path) -> None:
+    env = {"HOKUSAI_HOME": str(tmp_path / "demo-home"), "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    for run in (1, 2):  # running it twice works: the second run adds version 2
+        done = run_cli("demo", env=env, timeout_s=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "==> Redis at redis://127.0.0.1:" in done.stderr and env["REDIS_URL"] not in done.stderr
+        sections = [section.strip() for section in done.stdout.split("\n\n") if section.strip()]
+        assert [section.splitlines()[0] for section in sections] == ["ModelInfo", "ModelVersion", "Webhook received"]
+        info, version, webhook = (json.loads(section.split("\n", 1)[1]) for section in sections)
+        assert info["model_uuid"].startswith("m-") and info["flavors"] == ["python_function", "sklearn"]
+        assert str(version["version"]) == str(run)
+        assert version["tags"]["model_uuid"] == info["model_uuid"]
+        assert webhook["hokusai_signature_verified"] and webhook["standard_webhooks_signature_verified"]
+        assert webhook["body"]["model"]["version"] == str(run)
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert leftovers.stdout == "", "the demo stops what it started"
