@@ -271,3 +271,24 @@ def test_mlflow_never_recovers_job_recorded_as_failed(
     assert record is not None
     assert record.error_type.endswith("RegistryUnavailableError")
     assert record.attempts == 3
+
+
+def test_models_and_file_uris_are_fetched_and_relogged(
+    worker_env: dict[str, str], redis_url: str, tracking_uri: str, staging: Path, sk_model: Any, tmp_path: Path
+) -> None:
+    import mlflow.sklearn
+
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run():
+        source = mlflow.sklearn.log_model(sk_model, name="source", pip_requirements=["scikit-learn"])
+    uris = {"models": source.model_uri, "file": save_model_dir(sk_model, staging).as_uri()}
+    app = client_app(redis_url)
+    with WorkerProcess(worker_env, tmp_path) as worker:
+        job_ids = {kind: enqueue_registration(job_fields(Path("unused"), artifact_uri=uri)) for kind, uri in uris.items()}
+        results = {kind: wait_result(app, job_id) for kind, job_id in job_ids.items()}
+        for kind, result in results.items():
+            assert result.state == "SUCCESS", f"{kind}: {worker.log_tail()}"
+    for kind, result in results.items():
+        assert result.result["flavors"] == ["python_function", "sklearn"], kind
+        assert result.result["model_uuid"] != source.model_uuid, "a new LoggedModel, not the source"
+        assert len(versions_of_job(MlflowClient(tracking_uri), job_ids[kind])) == 1
