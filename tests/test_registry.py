@@ -517,7 +517,8 @@ def test_long_nested_metadata_round_trip(
         json.dumps(registry.get_model_by_uuid(improved["model_uuid"])["metadata"], sort_keys=True) == encoded
     )
 
-    params = MlflowClient(tracking_uri).get_run(result["run_id"]).data.params
+    # Short scalars are params of the LoggedModel (logged with it in one request), for search.
+    params = MlflowClient(tracking_uri).get_logged_model(result["model_uuid"]).params
     assert params == {
         "at_searchable_limit": "s" * 250,
         "unicode": "東京 — naïve café ✓ \U0001f600",

@@ -24,9 +24,55 @@ def git_lineage(code_paths: list[str] | None = None) -> dict[str, str]:
     """``{"commit", "branch", "repo"}`` of the repository holding ``code_paths`` (or the cwd).
 
     Keys with no value (a detached HEAD has no branch, a repo may have no remote) are left out.
-    Credentials embedded in a remote URL are removed.
+    Credentials embedded in a remote URL are removed. Asking git costs two subprocesses, so the
+    answer is remembered until the repository's HEAD, branch ref or config changes.
     """
     start = _start_dir(code_paths)
+    fingerprint = _repository_fingerprint(start)
+    if fingerprint is not None and fingerprint in _remembered:
+        return dict(_remembered[fingerprint])
+    lineage = _ask_git(start)
+    if fingerprint is not None:
+        if len(_remembered) >= _MAX_REMEMBERED:
+            _remembered.clear()
+        _remembered[fingerprint] = lineage
+    return dict(lineage)
+
+
+_MAX_REMEMBERED = 64
+_remembered: dict[tuple[object, ...], dict[str, str]] = {}
+
+
+def _repository_fingerprint(start: Path) -> tuple[object, ...] | None:
+    """What changes when the answer may: HEAD's content, and the mtimes of the files behind it.
+
+    None (ask git every time) outside a plain ``.git`` folder: worktrees, submodules, GIT_DIR.
+    """
+    if "GIT_DIR" in os.environ:
+        return None
+    for folder in (start, *start.parents):
+        git_dir = folder / ".git"
+        if git_dir.is_dir():
+            try:
+                head = (git_dir / "HEAD").read_text().strip()
+                ref = git_dir / head.removeprefix("ref: ") if head.startswith("ref: ") else git_dir / "HEAD"
+                files = (git_dir / "HEAD", ref, git_dir / "packed-refs", git_dir / "config")
+                return (str(git_dir), head, *(_mtime_ns(path) for path in files))
+            except OSError:
+                return None
+        if git_dir.exists():
+            return None
+    return None
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return -1
+
+
+def _ask_git(start: Path) -> dict[str, str]:
     parsed = _git(start, "rev-parse", "HEAD", "--abbrev-ref", "HEAD")
     if parsed is None:
         return {}

@@ -1,0 +1,47 @@
+"""Git lineage is remembered between registrations, but never past a change in the repository."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from worker.lineage import git_lineage
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_lineage_follows_commits_branches_and_remotes(tmp_path: Path) -> None:
+    repo = tmp_path / "training"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "ds@example.com")
+    git(repo, "config", "user.name", "DS")
+    script = repo / "train.py"
+    script.write_text("print(1)\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "first")
+    first = git_lineage([str(script)])
+    assert first == {"commit": git(repo, "rev-parse", "HEAD"), "branch": "main"}
+    assert git_lineage([str(script)]) == first  # remembered, and still right
+
+    script.write_text("print(2)\n")
+    git(repo, "commit", "-qam", "second")
+    assert git_lineage([str(script)])["commit"] == git(repo, "rev-parse", "HEAD") != first["commit"]
+
+    git(repo, "checkout", "-q", "-b", "feature")
+    assert git_lineage([str(script)])["branch"] == "feature"
+
+    git(repo, "remote", "add", "origin", "https://user:token@git.example/org/training.git")
+    assert git_lineage([str(script)])["repo"] == "https://git.example/org/training.git"
+
+    git(repo, "checkout", "-q", "--detach")
+    assert "branch" not in git_lineage([str(script)])
+
+
+def test_outside_git_there_is_no_lineage(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text("print(1)\n")
+    assert git_lineage([str(script)]) == {}
