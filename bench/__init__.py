@@ -1,0 +1,1 @@
+"""Benchmarks and the load run (not part of the test suite). See bench/README.md."""

@@ -1,0 +1,68 @@
+"""What one webhook attempt costs in the worker, and how much of it is making a new HTTP client.
+
+    .venv/bin/python -m bench.profile_webhook [--reps 30]
+
+Investigation tool behind the README's explanation of the queue overhead (no Redis needed).
+``worker.tasks._send_event`` calls ``delivery.send_stored_event`` without a ``client``, so
+``delivery.deliver`` opens (and closes) a new ``httpx.Client`` for every attempt; creating one
+builds an SSL context and loads the CA bundle, even for an http:// URL. This times, alternately:
+``deliver(client=None)`` (what the worker does), ``deliver(client=<shared httpx.Client>)`` (what
+a per-process client would do), and ``httpx.Client()`` creation alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+
+from bench import common
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile_webhook")
+    parser.add_argument("--reps", type=int, default=30)
+    args = parser.parse_args(argv)
+
+    import httpx
+
+    from hokusai_registry.settings import Settings
+    from worker import delivery
+    from worker.events import WebhookEvent
+    from worker.receiver import WebhookReceiver
+
+    times: dict[str, list[float]] = {"deliver, new client per attempt (today)": [],
+                                     "deliver, shared client": [], "httpx.Client() create + close": []}  # fmt: skip
+    with WebhookReceiver(common.SECRET) as receiver:
+        settings = Settings(webhook_url=receiver.url, webhook_secret=common.SECRET, webhook_allow_http=True)
+        secret = delivery.webhook_secret(settings)
+        shared = httpx.Client()
+        for rep in range(args.reps + 1):
+            event = WebhookEvent(f"00000000-0000-0000-0000-{rep:012d}", b'{"event_type":"model_registered"}',
+                                 datetime.now(UTC), "m", str(rep), "j")  # fmt: skip
+            event2 = WebhookEvent(f"10000000-0000-0000-0000-{rep:012d}", event.body, event.created_at, "m", "x", "j")
+            start = time.perf_counter()
+            delivery.deliver(event, url=receiver.url, secret=secret, settings=settings)
+            own = time.perf_counter() - start
+            start = time.perf_counter()
+            delivery.deliver(event2, url=receiver.url, secret=secret, settings=settings, client=shared)
+            reused = time.perf_counter() - start
+            start = time.perf_counter()
+            with httpx.Client():
+                pass
+            create = time.perf_counter() - start
+            if rep:  # the first round is warm-up
+                times["deliver, new client per attempt (today)"].append(own)
+                times["deliver, shared client"].append(reused)
+                times["httpx.Client() create + close"].append(create)
+        shared.close()
+    print(f"medians over {args.reps} alternating repetitions")
+    for label, values in times.items():
+        print(f"  {label:<44}{statistics.median(values) * 1000:>8.1f} ms   p95 {common.percentile(values, 95) * 1000:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
