@@ -8,35 +8,24 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from hokusai_registry.devstack import free_port, port_open
+
+__all__ = ["free_port", "port_open", "require_service"]
 
 TEST_REDIS_DB = int(os.environ.get("HOKUSAI_TEST_REDIS_DB", "15"))
 TEST_REDIS_URL = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 
 
-def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
 def require_service(name: str, host: str, port: int) -> None:
     """Fail (never skip) when a service the test needs is not reachable."""
     if not port_open(host, port):
         pytest.fail(f"{name} is not reachable on {host}:{port}; start it (scripts/services.sh does)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(autouse=True)

@@ -47,26 +47,24 @@ def register_job(job: RegistrationJob, registry: HokusaiModelRegistry, settings:
 
     artifacts.check_artifact_uri(job.artifact_uri, settings)
     name, model_type, version_tags = _naming(job, registry)
+    target = {
+        "model_name": name,
+        "model_type": model_type,
+        "is_baseline": job.kind == "baseline",
+        "metadata": job.metadata,
+        "git": _git(job),
+        "extra_version_tags": version_tags,
+    }
     logged = _finished_logged_model(registry, job_id)
     if logged is not None:
         logger.info("resuming job: logged model %s exists, registering it", logged.model_uuid)
         result = registry.register_logged(
-            _unused_logger,
-            model_name=name,
-            model_type=model_type,
-            is_baseline=job.kind == "baseline",
-            metadata=job.metadata,
-            signature=None,
-            input_example=None,
-            git=_git(job),
-            extra_version_tags=version_tags,
-            existing_model_info=logged,
+            _unused_logger, signature=None, input_example=None, existing_model_info=logged, **target
         )
         return _job_result(result, job, replayed=False)
 
     with artifacts.fetched_model(job.artifact_uri) as model_dir:
         config = artifacts.read_model_config(model_dir)
-        signature = _effective_signature(job, config)
         flavor = artifacts.CopiedModelFlavor(model_dir, config, job.pip_requirements)
 
         def log_model(log_kwargs: dict[str, Any]) -> Any:
@@ -82,16 +80,11 @@ def register_job(job: RegistrationJob, registry: HokusaiModelRegistry, settings:
 
         result = registry.register_logged(
             log_model,
-            model_name=name,
-            model_type=model_type,
-            is_baseline=job.kind == "baseline",
-            metadata=job.metadata,
-            signature=signature,
+            signature=_effective_signature(job, config),
             input_example=job.input_example,
-            git=_git(job),
-            extra_version_tags=version_tags,
             extra_logged_model_tags={TAG_JOB_ID: job_id},
             metrics=job.delta_metrics,
+            **target,
         )
     return _job_result(result, job, replayed=False)
 
