@@ -73,15 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow.tracking.fluent as fluent
     import mlflow.utils.rest_utils as rest_utils
 
-    import worker.registry as registry_module
     from hokusai_registry.settings import Settings
-    from worker import lineage
+    from worker import lineage, model_inputs
     from worker.registry import HokusaiModelRegistry
 
-    timed(registry_module, "_flavor_for", "registry: _flavor_for (default requirements lookup)")
-    timed(lineage, "git_lineage", "registry: git_lineage (git subprocesses)")
-    timed(HokusaiModelRegistry, "check_metadata", "registry: check_metadata")
+    timed(model_inputs, "flavor_for", "registry: flavor_for")
+    timed(lineage, "git_lineage", "registry: git_lineage (remembered per repository state)")
+    timed(model_inputs, "check_metadata", "registry: check_metadata")
     timed(HokusaiModelRegistry, "experiment_id", "registry: experiment_id")
+    timed(HokusaiModelRegistry, "_log_in_run", "registry: _log_in_run (run + log_model)")
     timed(mlflow, "start_run", "mlflow.start_run")
     timed(fluent, "end_run", "mlflow.end_run")
     timed(mlflow, "delete_tag", "mlflow.delete_tag")

@@ -853,3 +853,16 @@ def test_backfill_model_uuids_on_versions_made_the_old_way(
     )
     assert registry.get_model_by_uuid(second_uuid)["model_id"] == f"{legacy}/3"
     assert registry.get_model_by_uuid(current["model_uuid"])["model_id"] == current["model_id"]
+
+
+def test_logged_model_lives_in_the_registry_experiment_beside_the_store(
+    registry: HokusaiModelRegistry, sk_model: Any, tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not in MLflow's default experiment, whose artifacts would land in ./mlruns of the caller."""
+    monkeypatch.chdir(tmp_path)
+    result = registry.register_baseline(sk_model, "classification", {})
+    logged = MlflowClient(tracking_uri).get_logged_model(result["model_uuid"])
+    assert logged.experiment_id == registry.experiment_id() != "0"
+    store_folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
+    assert result["artifact_path"].startswith((store_folder / "artifacts").as_uri())
+    assert not (tmp_path / "mlruns").exists()

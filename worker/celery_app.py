@@ -74,7 +74,7 @@ def _configure_logging(**_: Any) -> None:
 @signals.worker_process_init.connect
 def _warm_up(**_: Any) -> None:
     """Open this pool process's MLflow store now, so the first job does not pay for it."""
-    from worker.tasks import get_registry
+    from worker.resources import get_registry
 
     try:
         get_registry().experiment_id()

@@ -22,8 +22,9 @@ from mlflow.entities import LoggedModelStatus
 from hokusai_registry.contract import RegistrationJob
 from hokusai_registry.errors import SignatureError
 from hokusai_registry.settings import Settings
-from worker import artifacts, signatures
-from worker.registry import TAG_JOB_ID, HokusaiModelRegistry, mlflow_boundary
+from worker import artifacts, model_inputs, signatures
+from worker.mlflow_errors import mlflow_boundary
+from worker.registry import TAG_JOB_ID, HokusaiModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def _naming(job: RegistrationJob, registry: HokusaiModelRegistry) -> tuple[str, 
     if job.kind == "baseline":
         return f"hokusai_{job.model_type}_baseline", job.model_type, tags
     assert job.baseline_id is not None and job.contributor is not None
-    model_type = registry.model_type_of_baseline(job.baseline_id)
+    model_type = model_inputs.model_type_of_baseline(job.baseline_id)
     tags.update(contributor=job.contributor.lower(), baseline_model_id=job.baseline_id)
     return f"hokusai_{model_type}_improved", model_type, tags
 

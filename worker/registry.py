@@ -9,12 +9,8 @@ calls directly and that the queue worker calls for every job.
 
 from __future__ import annotations
 
-import json
 import logging
-import posixpath
-import re
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,19 +21,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
-from hokusai_registry.contract import CONTRIBUTOR_RE, MODEL_TYPES
 from hokusai_registry.errors import InvalidInputError, RegistryUnavailableError
 from hokusai_registry.settings import Settings, get_settings
-from worker import lineage, signatures
+from worker import lineage, model_inputs, signatures
+from worker.mlflow_errors import mlflow_boundary
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,256}$")
-MODEL_UUID_RE = re.compile(r"^(m-[0-9a-f]{32}|[0-9a-f]{32})$")
-BASELINE_ID_RE = re.compile(r"^hokusai_(?P<type>[a-z_]+)_baseline/(?P<version>[1-9][0-9]*)$")
-_PARAM_KEY_RE = re.compile(r"^[A-Za-z0-9_\-. /]{1,200}$")
-_METRIC_KEY_RE = re.compile(r"^[A-Za-z0-9_\-. /:]{1,250}$")
-_MAX_PARAM_VALUE_CHARS = 250
 PRODUCTION_ALIAS = "production"
 MODEL_ARTIFACT_NAME = "model"
 
@@ -63,33 +53,6 @@ def default_artifact_location(tracking_uri: str, settings: Settings) -> str | No
         # The registry's URI, not MLFLOW_TRACKING_URI: a local folder would strand artifacts on this host.
         return None
     return settings.artifact_location
-
-
-@contextmanager
-def mlflow_boundary(action: str) -> Iterator[None]:
-    """Translate MLflow/transport failures into the product's error tree."""
-    try:
-        yield
-    except (InvalidInputError, RegistryUnavailableError):
-        raise
-    except MlflowException as exc:
-        if _is_transient(exc):
-            raise RegistryUnavailableError(f"MLflow unavailable while {action}: {exc.message}") from exc
-        raise
-    except (ConnectionError, TimeoutError, OSError) as exc:
-        raise RegistryUnavailableError(f"MLflow unreachable while {action}: {exc}") from exc
-    except Exception as exc:  # requests / sqlalchemy errors, without importing either eagerly
-        if type(exc).__module__.split(".")[0] in {"requests", "urllib3", "sqlalchemy"}:
-            raise RegistryUnavailableError(f"MLflow store unavailable while {action}: {exc}") from exc
-        raise
-
-
-def _is_transient(exc: MlflowException) -> bool:
-    code = getattr(exc, "error_code", "") or ""
-    text = str(exc)
-    if code in {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}:
-        return "database is locked" in text or "API request" in text or code != "INTERNAL_ERROR"
-    return "API request to" in text or "Max retries exceeded" in text or "Connection refused" in text
 
 
 class HokusaiModelRegistry:
@@ -131,8 +94,8 @@ class HokusaiModelRegistry:
                 malformed signature or an example that does not match it. Nothing is logged then.
             RegistryUnavailableError: MLflow could not be reached.
         """
-        self._check_model(model)
-        self._check_model_type(model_type)
+        model_inputs.check_model(model)
+        model_inputs.check_model_type(model_type)
         return self._register_object(
             model,
             model_name=f"hokusai_{model_type}_baseline",
@@ -163,10 +126,10 @@ class HokusaiModelRegistry:
         Registered as ``hokusai_{model_type}_improved``; the version is tagged with the
         contributor and the baseline id. Raises as :meth:`register_baseline`.
         """
-        self._check_model(model)
-        model_type = self.model_type_of_baseline(baseline_id)
-        self.check_contributor(contributor)
-        deltas = self._check_delta_metrics(delta_metrics)
+        model_inputs.check_model(model)
+        model_type = model_inputs.model_type_of_baseline(baseline_id)
+        model_inputs.check_contributor(contributor)
+        deltas = model_inputs.check_delta_metrics(delta_metrics)
         result = self._register_object(
             model,
             model_name=f"hokusai_{model_type}_improved",
@@ -206,8 +169,8 @@ class HokusaiModelRegistry:
         ``existing_model_info`` skips logging and registers that already-logged model (the queue
         worker's recovery after a crash between the two steps).
         """
-        self._check_model_type(model_type)
-        meta = self.check_metadata(metadata)
+        model_inputs.check_model_type(model_type)
+        meta = model_inputs.check_metadata(metadata, self.settings.max_metadata_bytes)
         parsed = signatures.parse_signature(signature)
         if input_example is not None and parsed is not None:
             signatures.check_example(input_example, parsed)
@@ -227,7 +190,7 @@ class HokusaiModelRegistry:
                     log_model,
                     run_name=model_name,
                     run_tags=run_tags,
-                    params=self._searchable_params(meta),
+                    params=model_inputs.searchable_params(meta),
                     metrics=metrics,
                     log_kwargs={
                         "name": MODEL_ARTIFACT_NAME,
@@ -261,7 +224,7 @@ class HokusaiModelRegistry:
             InvalidInputError: ``model_uuid`` is not an MLflow model id (``m-<32 hex>``); it is never
                 pasted into a filter string then.
         """
-        if not isinstance(model_uuid, str) or not MODEL_UUID_RE.fullmatch(model_uuid):
+        if not isinstance(model_uuid, str) or not model_inputs.MODEL_UUID_RE.fullmatch(model_uuid):
             raise InvalidInputError(f"model_uuid must look like 'm-' + 32 hex characters, got {model_uuid!r}")
         versions = self._search_versions(f"tags.{TAG_MODEL_UUID} = '{model_uuid}'")
         if not versions:
@@ -294,14 +257,14 @@ class HokusaiModelRegistry:
 
         Built from version tags only (no MLmodel downloads, no ``mlflow.log-model.history``).
         """
-        if not isinstance(model_name, str) or not MODEL_NAME_RE.fullmatch(model_name):
+        if not isinstance(model_name, str) or not model_inputs.MODEL_NAME_RE.fullmatch(model_name):
             raise InvalidInputError(f"model_name may hold only letters, digits, '_', '.', '-'; got {model_name!r}")
         versions = self._search_versions(f"name = '{model_name}'")
         return self._summaries(sorted(versions, key=lambda v: int(v.version)))
 
     def get_contributor_models(self, address: str) -> list[dict[str, Any]]:
         """Every improved version attributed to the wallet ``address`` (case-insensitive)."""
-        self.check_contributor(address)
+        model_inputs.check_contributor(address)
         versions = self._search_versions(f"tags.{TAG_CONTRIBUTOR} = '{address.lower()}'")
         return self._summaries(sorted(versions, key=lambda v: (v.name, int(v.version))))
 
@@ -312,7 +275,7 @@ class HokusaiModelRegistry:
 
     def promote_model_to_production(self, model_name: str, version: str | int) -> dict[str, Any]:
         """Point the ``production`` alias of ``model_name`` at ``version``."""
-        if not isinstance(model_name, str) or not MODEL_NAME_RE.fullmatch(model_name):
+        if not isinstance(model_name, str) or not model_inputs.MODEL_NAME_RE.fullmatch(model_name):
             raise InvalidInputError(f"model_name is not a valid registered model name: {model_name!r}")
         if not str(version).isdigit():
             raise InvalidInputError(f"version must be a positive integer, got {version!r}")
@@ -358,66 +321,6 @@ class HokusaiModelRegistry:
         """How many model versions the registry holds (for progress bars)."""
         return len(self._search_versions(None))
 
-    # ------------------------------------------------------------------ validation helpers
-    @staticmethod
-    def check_contributor(address: Any) -> None:
-        if not isinstance(address, str) or not CONTRIBUTOR_RE.fullmatch(address):
-            raise InvalidInputError(f"contributor must be 0x followed by 40 hex characters, got {address!r}")
-
-    @staticmethod
-    def model_type_of_baseline(baseline_id: Any) -> str:
-        """The model type a baseline id ``hokusai_{type}_baseline/{version}`` names."""
-        match = BASELINE_ID_RE.fullmatch(baseline_id) if isinstance(baseline_id, str) else None
-        if match is None or match["type"] not in MODEL_TYPES:
-            raise InvalidInputError(
-                f"baseline_id must look like 'hokusai_<model_type>_baseline/<version>', got {baseline_id!r}"
-            )
-        return match["type"]
-
-    def check_metadata(self, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-        """A JSON-serialisable copy of ``metadata`` within the size cap."""
-        if metadata is None:
-            return {}
-        if not isinstance(metadata, Mapping):
-            raise InvalidInputError(f"metadata must be a dict, not {type(metadata).__name__}")
-        try:
-            encoded = json.dumps(dict(metadata), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from exc
-        if len(encoded.encode()) > self.settings.max_metadata_bytes:
-            raise InvalidInputError(
-                f"metadata is {len(encoded.encode())} bytes as JSON; MAX_METADATA_BYTES is "
-                f"{self.settings.max_metadata_bytes}"
-            )
-        return json.loads(encoded)
-
-    @staticmethod
-    def _check_model(model: Any) -> None:
-        if model is None:
-            raise InvalidInputError("model must not be None")
-
-    @staticmethod
-    def _check_model_type(model_type: Any) -> None:
-        if model_type not in MODEL_TYPES:
-            raise InvalidInputError(f"model_type must be one of {', '.join(MODEL_TYPES)}; got {model_type!r}")
-
-    @staticmethod
-    def _check_delta_metrics(delta_metrics: Any) -> dict[str, float]:
-        if not isinstance(delta_metrics, Mapping):
-            raise InvalidInputError("delta_metrics must be a dict of metric name to number")
-        try:
-            deltas = {str(key): float(value) for key, value in delta_metrics.items()}
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"delta_metrics values must be numbers: {exc}") from exc
-        # Checked here: MLflow would reject the name only inside the run, leaving a FAILED run behind.
-        bad = [key for key in deltas if not (_METRIC_KEY_RE.fullmatch(key) and _is_plain_path(key))]
-        if bad:
-            raise InvalidInputError(
-                f"delta_metrics names may hold only letters, digits, '_', '-', '.', ' ', ':', '/' and "
-                f"must not start with '/' or '..', end with '/' or contain '//': {bad}"
-            )
-        return deltas
-
     # ------------------------------------------------------------------ internals
     def _activate(self) -> None:
         # The SQL registry resolves models:/ sources through the *global* tracking URI.
@@ -454,7 +357,7 @@ class HokusaiModelRegistry:
         code_paths: list[str] | None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        flavor, model_kwarg, default_requirements = _flavor_for(model)
+        flavor, model_kwarg, default_requirements = model_inputs.flavor_for(model)
         requirements = list(pip_requirements) if pip_requirements else default_requirements()
         paths = [str(Path(p)) for p in code_paths] if code_paths else None
         if paths:
@@ -479,30 +382,17 @@ class HokusaiModelRegistry:
         metrics: Mapping[str, float] | None,
         log_kwargs: dict[str, Any],
     ) -> ModelInfo:
-        from mlflow.tracking.context.git_context import GitRunContext
-        from mlflow.tracking.context.registry import resolve_tags
-
-        # MLflow's fluent start_run would tag the git state of the *calling script*; lineage is the
-        # training code's repository (run_tags) or nothing, so create the run without that context.
-        run = self.client.create_run(
-            self.experiment_id(), run_name=run_name, tags=resolve_tags(run_tags, ignore=[GitRunContext])
-        )
-        with mlflow.start_run(run_id=run.info.run_id):
+        """Start a run in the product's experiment, log the model into it, end it."""
+        with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name, tags=run_tags) as run:
+            # MLflow tags the git state of the *calling script*; lineage is the training code's
+            # repository (run_tags, which win where both exist) or nothing. Only a mismatch costs calls.
+            for key in lineage.RUN_TAGS.values():
+                if key in run.data.tags and key not in run_tags:
+                    mlflow.delete_tag(key)
             if metrics:
                 mlflow.log_metrics(dict(metrics))
-            # Params go with the model (one request), searchable with search_logged_models.
+            # Params go with the model (same request), searchable with search_logged_models.
             return log_model({**log_kwargs, "params": params or None})
-
-    @staticmethod
-    def _searchable_params(metadata: Mapping[str, Any]) -> dict[str, str]:
-        """Short scalar metadata as params (for search); anything long or nested stays metadata only."""
-        params: dict[str, str] = {}
-        for key, value in metadata.items():
-            if not (_PARAM_KEY_RE.fullmatch(key) and _is_plain_path(key)):
-                continue
-            if isinstance(value, (str, int, float, bool)) and len(str(value)) <= _MAX_PARAM_VALUE_CHARS:
-                params[key] = str(value)
-        return params
 
     def _search_versions(self, filter_string: str | None) -> list[ModelVersion]:
         self._activate()
@@ -584,43 +474,10 @@ class HokusaiModelRegistry:
         }
 
 
-def _flavor_for(model: Any) -> tuple[Any, str, Callable[[], list[str]]]:
-    """(flavor module, its model keyword, its default pip requirements) for a model object."""
-    import mlflow.pyfunc
-
-    if isinstance(model, mlflow.pyfunc.PythonModel):
-        from mlflow.pyfunc.model import get_default_pip_requirements
-
-        return mlflow.pyfunc, "python_model", get_default_pip_requirements
-    if _is_sklearn_estimator(model):
-        import mlflow.sklearn
-
-        return mlflow.sklearn, "sk_model", mlflow.sklearn.get_default_pip_requirements
-    raise InvalidInputError(
-        f"model must be an mlflow.pyfunc.PythonModel or a scikit-learn estimator, not {type(model).__name__}"
-    )
-
-
-def _is_sklearn_estimator(model: Any) -> bool:
-    if not type(model).__module__.startswith("sklearn"):
-        try:
-            from sklearn.base import BaseEstimator
-        except ImportError:
-            return False
-        return isinstance(model, BaseEstimator)
-    return True
-
-
-def _is_plain_path(key: str) -> bool:
-    """MLflow refuses param and metric keys that normalise to another path (``a/``, ``/a``, ``a//b``)."""
-    norm = posixpath.normpath(key)
-    return norm == key and norm != "." and not norm.startswith(("..", "/"))
-
-
 def _model_id_from_source(source: str | None) -> str | None:
     if source and source.startswith("models:/m-"):
         candidate = source.removeprefix("models:/").split("/", 1)[0]
-        return candidate if MODEL_UUID_RE.fullmatch(candidate) else None
+        return candidate if model_inputs.MODEL_UUID_RE.fullmatch(candidate) else None
     return None
 
 

@@ -12,43 +12,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import redis
 from celery import Task
+
 from hokusai_registry import failed_jobs, log
 from hokusai_registry.contract import DELIVER_WEBHOOK_TASK, REGISTER_TASK, WEBHOOK_TASK
-from hokusai_registry.errors import BrokerUnavailableError, HokusaiError, PermanentError, RetryableError
+from hokusai_registry.errors import (
+    BrokerUnavailableError,
+    PermanentError,
+    RetryableError,
+)
 from hokusai_registry.settings import Settings, get_settings
 from producers.validation import validate_job
 from worker import backoff, delivery, events
 from worker.celery_app import app
-from worker.event_store import EventStore
 from worker.registration import job_of_result, register_job
-from worker.registry import HokusaiModelRegistry
+from worker.resources import get_event_store, get_http_client, get_redis, get_registry
 
 logger = logging.getLogger(__name__)
-
-_registry: HokusaiModelRegistry | None = None
-_redis: redis.Redis | None = None
-_event_store: EventStore | None = None
-_http_client: httpx.Client | None = None
-
-
-def get_registry() -> HokusaiModelRegistry:
-    """This worker process's registry (made after fork, on first use)."""
-    global _registry
-    if _registry is None:
-        _registry = HokusaiModelRegistry()
-    return _registry
-
-
-def get_redis() -> redis.Redis:
-    """This worker process's Redis client for locks and the failure stores."""
-    global _redis
-    if _redis is None:
-        _redis = redis.Redis.from_url(get_settings().redis_url)
-    return _redis
-
 
 @contextmanager
 def job_lock(job_id: str, settings: Settings) -> Iterator[None]:
@@ -113,8 +94,6 @@ def register_model(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     except PermanentError as exc:
         _record_failure(job_id, job, exc, attempts=self.request.retries + 1)
         raise
-    except HokusaiError:
-        raise
     except Exception as exc:
         # Unknown errors are treated as permanent: recorded with their type, never lost.
         _record_failure(job_id, job, exc, attempts=self.request.retries + 1)
@@ -169,25 +148,6 @@ def pump_deferred_webhooks(limit: int = 100) -> int:
     for event_id in claimed:
         deliver_webhook.apply_async(args=[event_id])
     return len(claimed)
-
-
-def get_http_client() -> httpx.Client:
-    """This process's HTTP client: one connection pool and TLS context for every delivery.
-
-    ``deliver`` sets the timeouts and refuses redirects on each request itself.
-    """
-    global _http_client
-    if _http_client is None:
-        _http_client = httpx.Client(follow_redirects=False)
-    return _http_client
-
-
-def get_event_store() -> EventStore:
-    """This process's webhook event store (in the broker's Redis)."""
-    global _event_store
-    if _event_store is None:
-        _event_store = EventStore(get_redis(), delivered_ttl_s=get_settings().result_expires_s)
-    return _event_store
 
 
 def _record_failure(job_id: str, job: Any, exc: BaseException, *, attempts: int) -> None:

@@ -1,0 +1,123 @@
+"""What callers hand the registry: checked before any run starts, so a rejection leaves nothing.
+
+Each check raises ``InvalidInputError`` (a ``ValueError``) naming the argument and the problem.
+Ids that go into MLflow filter strings are matched in full against strict patterns here: MLflow
+filters have no escaping.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from hokusai_registry.contract import CONTRIBUTOR_RE, MODEL_TYPES
+from hokusai_registry.errors import InvalidInputError
+
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,256}$")
+MODEL_UUID_RE = re.compile(r"^(m-[0-9a-f]{32}|[0-9a-f]{32})$")
+BASELINE_ID_RE = re.compile(r"^hokusai_(?P<type>[a-z_]+)_baseline/(?P<version>[1-9][0-9]*)$")
+_PARAM_KEY_RE = re.compile(r"^[A-Za-z0-9_\-. /]{1,200}$")
+_METRIC_KEY_RE = re.compile(r"^[A-Za-z0-9_\-. /:]{1,250}$")
+_MAX_PARAM_VALUE_CHARS = 250
+
+
+def check_contributor(address: Any) -> None:
+    if not isinstance(address, str) or not CONTRIBUTOR_RE.fullmatch(address):
+        raise InvalidInputError(f"contributor must be 0x followed by 40 hex characters, got {address!r}")
+
+def model_type_of_baseline(baseline_id: Any) -> str:
+    """The model type a baseline id ``hokusai_{type}_baseline/{version}`` names."""
+    match = BASELINE_ID_RE.fullmatch(baseline_id) if isinstance(baseline_id, str) else None
+    if match is None or match["type"] not in MODEL_TYPES:
+        raise InvalidInputError(
+            f"baseline_id must look like 'hokusai_<model_type>_baseline/<version>', got {baseline_id!r}"
+        )
+    return match["type"]
+
+def check_metadata(metadata: Mapping[str, Any] | None, max_bytes: int) -> dict[str, Any]:
+    """A JSON-serialisable copy of ``metadata`` within the size cap."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidInputError(f"metadata must be a dict, not {type(metadata).__name__}")
+    try:
+        encoded = json.dumps(dict(metadata), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from exc
+    if len(encoded.encode()) > max_bytes:
+        raise InvalidInputError(
+            f"metadata is {len(encoded.encode())} bytes as JSON; MAX_METADATA_BYTES is "
+            f"{max_bytes}"
+        )
+    return json.loads(encoded)
+
+def check_model(model: Any) -> None:
+    if model is None:
+        raise InvalidInputError("model must not be None")
+
+def check_model_type(model_type: Any) -> None:
+    if model_type not in MODEL_TYPES:
+        raise InvalidInputError(f"model_type must be one of {', '.join(MODEL_TYPES)}; got {model_type!r}")
+
+def check_delta_metrics(delta_metrics: Any) -> dict[str, float]:
+    if not isinstance(delta_metrics, Mapping):
+        raise InvalidInputError("delta_metrics must be a dict of metric name to number")
+    try:
+        deltas = {str(key): float(value) for key, value in delta_metrics.items()}
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"delta_metrics values must be numbers: {exc}") from exc
+    # Checked here: MLflow would reject the name only inside the run, leaving a FAILED run behind.
+    bad = [key for key in deltas if not (_METRIC_KEY_RE.fullmatch(key) and _is_plain_path(key))]
+    if bad:
+        raise InvalidInputError(
+            f"delta_metrics names may hold only letters, digits, '_', '-', '.', ' ', ':', '/' and "
+            f"must not start with '/' or '..', end with '/' or contain '//': {bad}"
+        )
+    return deltas
+
+
+def searchable_params(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """Short scalar metadata as params (for search); anything long or nested stays metadata only."""
+    params: dict[str, str] = {}
+    for key, value in metadata.items():
+        if not (_PARAM_KEY_RE.fullmatch(key) and _is_plain_path(key)):
+            continue
+        if isinstance(value, (str, int, float, bool)) and len(str(value)) <= _MAX_PARAM_VALUE_CHARS:
+            params[key] = str(value)
+    return params
+
+
+def flavor_for(model: Any) -> tuple[Any, str, Callable[[], list[str]]]:
+    """(flavor module, its model keyword, its default pip requirements) for a model object."""
+    import mlflow.pyfunc
+
+    if isinstance(model, mlflow.pyfunc.PythonModel):
+        from mlflow.pyfunc.model import get_default_pip_requirements
+
+        return mlflow.pyfunc, "python_model", get_default_pip_requirements
+    if _is_sklearn_estimator(model):
+        import mlflow.sklearn
+
+        return mlflow.sklearn, "sk_model", mlflow.sklearn.get_default_pip_requirements
+    raise InvalidInputError(
+        f"model must be an mlflow.pyfunc.PythonModel or a scikit-learn estimator, not {type(model).__name__}"
+    )
+
+
+def _is_sklearn_estimator(model: Any) -> bool:
+    if not type(model).__module__.startswith("sklearn"):
+        try:
+            from sklearn.base import BaseEstimator
+        except ImportError:
+            return False
+        return isinstance(model, BaseEstimator)
+    return True
+
+
+def _is_plain_path(key: str) -> bool:
+    """MLflow refuses param and metric keys that normalise to another path (``a/``, ``/a``, ``a//b``)."""
+    norm = posixpath.normpath(key)
+    return norm == key and norm != "." and not norm.startswith(("..", "/"))
