@@ -211,7 +211,7 @@ class Store:
 
 
 @contextmanager
-def mlflow_store(kind: str, work: Path) -> Iterator[Store]:
+def mlflow_store(kind: str, work: Path, *, server_workers: int = 1) -> Iterator[Store]:
     """A fresh, migrated MLflow store: a sqlite file, or ``mlflow server`` on a new PostgreSQL database."""
     from mlflow.tracking import MlflowClient
 
@@ -225,7 +225,9 @@ def mlflow_store(kind: str, work: Path) -> Iterator[Store]:
         raise ValueError(f"unknown store {kind!r}; use sqlite or postgres")
     with ExitStack() as stack:
         backend = stack.enter_context(devstack.postgres_database())
-        url = stack.enter_context(devstack.mlflow_server(backend_uri=backend, artifacts_dir=work / "served"))
+        url = stack.enter_context(
+            devstack.mlflow_server(backend_uri=backend, artifacts_dir=work / "served", workers=server_workers)
+        )
         yield Store(kind, url, work, backend)
 
 

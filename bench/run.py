@@ -89,6 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=40, help="jobs per throughput batch (default 40)")
     parser.add_argument("--throughput-reps", type=int, default=2, help="batches per worker count (default 2)")
     parser.add_argument("--stores", default="sqlite,postgres", help="comma-separated: sqlite,postgres")
+    parser.add_argument("--server-workers", type=int, default=1, help="`mlflow server --workers` (default 1)")
     parser.add_argument("--quick", action="store_true", help="3 reps, 1 old rep, batches of 6, 1 throughput rep")
     parser.add_argument("--redis-url", default=common.DEFAULT_REDIS_URL)
     parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "latest.json")
@@ -240,7 +241,8 @@ def bench_store(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     print(f"\n== {kind}: scratch folder {work}", flush=True)
     common.fresh_redis(args.redis_url)
     try:
-        with common.mlflow_store(kind, work) as store, WebhookReceiver(common.SECRET) as receiver:
+        with common.mlflow_store(kind, work, server_workers=args.server_workers) as store, \
+                WebhookReceiver(common.SECRET) as receiver:
             common.activate(store.tracking_uri)
             model = common.make_model()
             requirements = common.explicit_requirements()
@@ -418,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, "-m", "bench.run", *(argv if argv is not None else sys.argv[1:])]),
         "machine": common.machine_info(),
         "parameters": {"reps": args.reps, "old_reps": args.old_reps, "batch": args.batch,
-                       "throughput_reps": args.throughput_reps, "stores": args.stores, "quick": args.quick},
+                       "throughput_reps": args.throughput_reps, "stores": args.stores, "quick": args.quick,
+                       "server_workers": args.server_workers},
         "targets": TARGETS,
         "stores": {},
     }  # fmt: skip

@@ -178,7 +178,12 @@ def _healthy(url: str) -> bool:
 
 @contextmanager
 def mlflow_server(
-    *, backend_uri: str, artifacts_dir: Path, port: int | None = None, startup_timeout_s: float = 180
+    *,
+    backend_uri: str,
+    artifacts_dir: Path,
+    port: int | None = None,
+    workers: int = 1,
+    startup_timeout_s: float = 180,
 ) -> Iterator[str]:
     """Run ``mlflow server`` on ``backend_uri`` with served artifacts; yield ``http://127.0.0.1:<port>``."""
     port = port or free_port()
@@ -191,7 +196,7 @@ def mlflow_server(
         "--artifacts-destination", str(artifacts_dir),
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--workers", "1",
+        "--workers", str(workers),
         # Since MLflow 3.5 unknown Host headers get 403; name ours explicitly.
         "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}",
     ]  # fmt: skip
