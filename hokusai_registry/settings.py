@@ -151,6 +151,16 @@ class Settings(BaseSettings):
             )
         return self
 
+    @classmethod
+    def env_var_names(cls) -> dict[str, str]:
+        """Environment variable name → field name, for every setting this object reads."""
+        prefix = (cls.model_config.get("env_prefix") or "").upper()
+        names = {}
+        for field_name, field in cls.model_fields.items():
+            alias = field.validation_alias if isinstance(field.validation_alias, str) else None
+            names[(alias or f"{prefix}{field_name}").upper()] = field_name
+        return names
+
     # --- derived values ------------------------------------------------------------------
     @property
     def tracking_uri(self) -> str:

@@ -58,12 +58,7 @@ def load_compose() -> dict[str, Any]:
 
 def settings_env_names() -> dict[str, str]:
     """Environment variable name -> Settings field name, for every field the Settings object reads."""
-    prefix = (Settings.model_config.get("env_prefix") or "").upper()
-    names = {}
-    for field_name, field in Settings.model_fields.items():
-        alias = field.validation_alias if isinstance(field.validation_alias, str) else None
-        names[(alias or f"{prefix}{field_name}").upper()] = field_name
-    return names
+    return Settings.env_var_names()
 
 
 @dataclass(frozen=True)
