@@ -26,13 +26,17 @@ class _ProductError(click.ClickException):
 
 
 class _Group(click.Group):
-    """A group that shows product errors as ``Error: <message>`` and exits 2."""
+    """A group that shows product and MLflow errors as ``Error: <message>`` and exits 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except HokusaiError as exc:
             raise _ProductError(str(exc)) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("mlflow."):  # e.g. a store that refuses a request
+                raise _ProductError(f"MLflow: {exc}") from exc
+            raise
 
 
 def _settings() -> Settings:

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     webhook_backoff_max_s: float = Field(
         default=600.0, gt=0, description="Cap of one in-memory retry wait; longer waits use the durable schedule."
     )
+    webhook_retry_after_max_s: float = Field(
+        default=86_400.0, gt=0, description="Longest Retry-After honoured; a longer one waits this long instead."
+    )
     webhook_schedule_poll_s: float = Field(
         default=5.0, gt=0, description="How often each worker hands due deferred webhook retries to a task."
     )

@@ -523,3 +523,27 @@ def test_backfill_uuids_dry_run_then_real_run_then_nothing(tracking_uri: str, le
     report = json.loads(again.stdout)
     assert (report["tagged"], report["already_tagged"], report["scanned"]) == ([], 3, 3)
     assert _legacy_tags(tracking_uri) == legacy_versions
+
+
+def test_an_unusable_store_is_a_clean_message_not_a_traceback(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hokusai_registry.cli import main
+
+    not_a_database = tmp_path / "store.db"
+    not_a_database.write_text("this is not sqlite")
+    result = CliRunner().invoke(main, ["backfill-uuids", "--tracking-uri", f"sqlite:///{not_a_database}"])
+    assert result.exit_code == 2, result.output
+    assert "Error: MLflow store unavailable while opening the MLflow store" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_mlflow_error_is_a_clean_message_not_a_traceback() -> None:
+    from click.testing import CliRunner
+
+    from hokusai_registry.cli import main
+
+    result = CliRunner().invoke(main, ["backfill-uuids", "--tracking-uri", "nosuchscheme://host/store"])
+    assert result.exit_code == 2, result.output
+    assert "Error: MLflow: " in result.output and "nosuchscheme" in result.output
+    assert "Traceback" not in result.output

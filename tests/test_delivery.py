@@ -292,6 +292,16 @@ def test_stored_event_long_retry_after_goes_to_the_durable_schedule(
     assert store.claim_due(outcome.due_at + timedelta(seconds=1)) == [event.event_id]
 
 
+def test_a_retry_after_beyond_the_cap_waits_only_the_cap(store: EventStore, receiver: WebhookReceiver) -> None:
+    receiver.script(ScriptedResponse(503, headers={"Retry-After": str(30 * 24 * 3600)}))  # "come back in a month"
+    event = store.save_if_absent(make_event())
+    settings = make_settings(receiver.url, webhook_retry_after_max_s=7200)
+    before = datetime.now(UTC)
+    outcome = send_stored_event(store, event.event_id, settings=settings)
+    assert outcome.status == "deferred" and outcome.due_at is not None
+    assert before + timedelta(seconds=7200) <= outcome.due_at <= datetime.now(UTC) + timedelta(seconds=7200)
+
+
 def test_stored_event_dead_lettered_after_max_attempts(store: EventStore, receiver: WebhookReceiver) -> None:
     receiver.script(500, 502)
     event = store.save_if_absent(make_event())

@@ -264,9 +264,12 @@ def _after_retryable_failure(
         reason = f"gave up after {attempt} attempts: {exc}"
         store.dead_letter(event_id, reason)
         return SendOutcome(event_id, "dead_lettered", attempt, exc.status_code, reason=reason)
+    retry_after_s = exc.retry_after_s
+    if retry_after_s is not None:  # a receiver may ask for a long wait, not for a forever
+        retry_after_s = min(retry_after_s, settings.webhook_retry_after_max_s)
     delay_s = retry_delay(
         attempt,
-        retry_after_s=exc.retry_after_s,
+        retry_after_s=retry_after_s,
         base_s=settings.webhook_backoff_base_s,
         max_s=settings.webhook_backoff_max_s,
         rng=rng,

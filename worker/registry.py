@@ -70,7 +70,8 @@ class HokusaiModelRegistry:
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self._activate()
-        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        with mlflow_boundary("opening the MLflow store"):  # a local store is opened (and migrated) here
+            self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         self._experiment_id: str | None = None
 
     # ------------------------------------------------------------------ registration API
