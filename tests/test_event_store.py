@@ -174,7 +174,19 @@ def test_claim_due_takes_only_due_events_once(store: EventStore) -> None:
     store.defer(later.event_id, T0 + timedelta(hours=1))
     assert store.claim_due(T0) == [due.event_id]
     assert store.claim_due(T0) == []
+    store.mark_delivered(due.event_id)  # the claimed retry ran and settled it
     assert store.claim_due(T0 + timedelta(hours=1)) == [later.event_id]
+
+
+def test_a_claim_that_is_never_settled_comes_due_again_after_its_lease(store: EventStore) -> None:
+    """A worker that claims an event and dies before handing it to a task must not lose it."""
+    event = store.save_if_absent(make_event("1"))
+    store.defer(event.event_id, T0)
+    assert store.claim_due(T0, lease_s=60) == [event.event_id]
+    assert store.claim_due(T0 + timedelta(seconds=59)) == []
+    assert store.claim_due(T0 + timedelta(seconds=60)) == [event.event_id]
+    store.undefer(event.event_id)  # a Celery retry took it over
+    assert store.claim_due(T0 + timedelta(hours=1)) == []
 
 
 def test_claim_due_respects_the_limit(store: EventStore) -> None:

@@ -231,6 +231,8 @@ def send_stored_event(
         BrokerUnavailableError: Redis is unreachable.
     """
     record = store.get(event_id)
+    if record is None or record.state != "pending":
+        store.undefer(event_id)  # nothing left to retry: it must not come due again
     if record is None:
         return SendOutcome(event_id, "missing", reason="no stored event (removed, or expired after delivery)")
     if record.state != "pending":
@@ -275,6 +277,7 @@ def _after_retryable_failure(
         rng=rng,
     )
     if delay_s <= settings.webhook_backoff_max_s:
+        store.undefer(event_id)  # the Celery retry holds it now (and Redis redelivers it if a worker dies)
         return SendOutcome(event_id, "retry", attempt, exc.status_code, countdown_s=delay_s, reason=str(exc))
     due_at = datetime.now(UTC) + timedelta(seconds=delay_s)
     store.defer(event_id, due_at)

@@ -49,10 +49,12 @@ redis.call('HSET', KEYS[1], 'last_attempt_at', ARGV[1], 'last_status_code', ARGV
 return attempts
 """
 
-# Read and remove in one step, so two workers never claim the same id.
+# Read and lease in one step, so two workers never claim the same id: a claimed id is moved
+# ARGV[3] seconds into the future instead of removed, so a claimer that dies before handing it
+# over only delays it. Delivery, dead-lettering, a new defer or a Celery retry then settle it.
 _CLAIM_DUE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-if #ids > 0 then redis.call('ZREM', KEYS[1], unpack(ids)) end
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), id) end
 return ids
 """
 
@@ -230,15 +232,23 @@ class EventStore:
         self.client.zadd(self._deferred_key, {event_id: _utc(due_at).timestamp()})
 
     @_redis_boundary
-    def claim_due(self, now: datetime | None = None, limit: int = 100) -> list[str]:
-        """Take up to ``limit`` events due at ``now`` (oldest due first) off the schedule.
+    def undefer(self, event_id: str) -> None:
+        """Take an event off the schedule (a Celery retry holds it now, or it needs no retry)."""
+        self.client.zrem(self._deferred_key, event_id)
+
+    @_redis_boundary
+    def claim_due(self, now: datetime | None = None, limit: int = 100, *, lease_s: float = 300) -> list[str]:
+        """Claim up to ``limit`` events due at ``now`` (oldest due first) for ``lease_s`` seconds.
 
         Atomic (one Lua script): concurrent callers get disjoint ids, and an empty answer means
-        nothing is due. A claimed id has left the schedule: the caller must enqueue its retry.
+        nothing is due. A claimed id stays scheduled, ``lease_s`` later: if the caller dies before
+        its retry runs, the event comes due again instead of being lost.
         """
         if not 1 <= limit <= MAX_CLAIM:
             raise InvalidInputError(f"limit must be between 1 and {MAX_CLAIM}, got {limit}")
-        claimed = self._claim_due(keys=[self._deferred_key], args=[_utc(now).timestamp(), limit])
+        if lease_s <= 0:
+            raise InvalidInputError(f"lease_s must be positive, got {lease_s}")
+        claimed = self._claim_due(keys=[self._deferred_key], args=[_utc(now).timestamp(), limit, lease_s])
         return [_text(item) for item in claimed]
 
     # ------------------------------------------------------------------ internals

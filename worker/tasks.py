@@ -143,8 +143,12 @@ def _send_event(task: Task, event_id: str) -> dict[str, Any]:
 
 
 def pump_deferred_webhooks(limit: int = 100) -> int:
-    """Hand every deferred event that is due to a ``deliver_webhook`` task; returns how many."""
-    claimed = get_event_store().claim_due(limit=limit)
+    """Hand every deferred event that is due to a ``deliver_webhook`` task; returns how many.
+
+    Claims are leased for the visibility timeout: an event claimed by a worker that dies before
+    publishing its task comes due again then, like any message a dead worker held.
+    """
+    claimed = get_event_store().claim_due(limit=limit, lease_s=get_settings().visibility_timeout_s)
     for event_id in claimed:
         deliver_webhook.apply_async(args=[event_id])
     return len(claimed)
