@@ -1,7 +1,8 @@
-"""Shared core of hokusai-registry: the job contract, settings, errors and the CLI.
+"""Shared core of hokusai-registry: the job contract, settings, errors, stores and the CLI.
 
-Imports only pydantic and the standard library, so producers can depend on it without
-pulling in mlflow or the worker.
+``contract``, ``settings`` and ``errors`` import only pydantic and the standard library, and the
+producer side needs nothing heavier (no mlflow, no worker); the CLI imports the worker's modules
+only inside the commands that need them.
 """
 
 from __future__ import annotations
