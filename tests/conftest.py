@@ -10,6 +10,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,3 +132,48 @@ def staging(tmp_path: Path) -> Path:
 def worker_env(tracking_uri: str, redis_url: str) -> dict[str, str]:
     """Environment for a worker process sharing this test's MLflow store and Redis database."""
     return {"MLFLOW_TRACKING_URI": tracking_uri, "REDIS_URL": redis_url}
+
+
+@pytest.fixture
+def stand_in_worker(redis_url: str) -> Iterator[Any]:
+    """A real Celery worker (thread, solo pool) with stand-in tasks under the contract's names.
+
+    It proves that the message a producer publishes is what a worker defining
+    ``register_model(job: dict) -> dict`` and ``emit_webhook(result: dict) -> dict`` consumes,
+    without MLflow. A job whose metadata has ``refuse`` or whose artifact_uri is ``/refused`` fails.
+    """
+    from celery import Celery
+    from celery.contrib.testing.worker import start_worker
+    from kombu import Queue
+
+    from hokusai_registry.contract import (
+        REGISTER_TASK,
+        REGISTRATION_QUEUE,
+        WEBHOOK_QUEUE,
+        WEBHOOK_TASK,
+        RegistrationJob,
+    )
+    from hokusai_registry.errors import InvalidJobError
+
+    app = Celery("stand-in-worker", broker=redis_url, backend=redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_queues=[Queue(REGISTRATION_QUEUE), Queue(WEBHOOK_QUEUE)],
+        worker_hijack_root_logger=False,
+    )
+
+    @app.task(name=REGISTER_TASK, shared=False)  # shared tasks would leak into later apps
+    def register_model(job: dict[str, Any]) -> dict[str, Any]:
+        checked = RegistrationJob.model_validate(job)
+        if checked.metadata.get("refuse") or checked.artifact_uri == "/refused":
+            raise InvalidJobError("artifact_uri: the stand-in refuses this model")
+        return {"job_id": str(checked.job_id), "model_id": f"hokusai_{checked.model_type}_baseline/1"}
+
+    @app.task(name=WEBHOOK_TASK, shared=False)
+    def emit_webhook(result: dict[str, Any]) -> dict[str, Any]:
+        return {"delivered": True, "model_id": result["model_id"]}
+
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=20):
+        yield app

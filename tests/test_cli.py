@@ -20,17 +20,13 @@ import click
 import pytest
 import redis
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 from click.testing import CliRunner, Result
-from kombu import Queue
 
 from hokusai_registry import failed_jobs
 from hokusai_registry.cli import main
 from hokusai_registry.contract import (
     REGISTER_TASK,
     REGISTRATION_QUEUE,
-    WEBHOOK_QUEUE,
-    WEBHOOK_TASK,
     job_json_schema,
 )
 from hokusai_registry.errors import BrokerUnavailableError
@@ -283,32 +279,6 @@ def test_enqueue_wait_times_out_with_exit_2(redis_url: str) -> None:
     )
 
 
-@pytest.fixture
-def stand_in_worker(redis_url: str) -> Iterator[Celery]:
-    """A real worker thread with stand-in tasks under the contract's task names."""
-    app = Celery("cli-stand-in-worker", broker=redis_url, backend=redis_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        task_queues=[Queue(REGISTRATION_QUEUE), Queue(WEBHOOK_QUEUE)],
-        worker_hijack_root_logger=False,
-    )
-
-    @app.task(name=REGISTER_TASK, shared=False)
-    def register_model(job: dict[str, Any]) -> dict[str, Any]:
-        if job["artifact_uri"] == "/refused":
-            raise ValueError("artifact_uri: refused by the stand-in")
-        return {"job_id": job["job_id"], "model_id": f"hokusai_{job['model_type']}_baseline/1"}
-
-    @app.task(name=WEBHOOK_TASK, shared=False)
-    def emit_webhook(result: dict[str, Any]) -> dict[str, Any]:
-        return {"delivered": True}
-
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=20):
-        yield app
-
-
 def test_enqueue_wait_prints_the_result(stand_in_worker: Celery) -> None:
     result = run(
         "enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", "/m", "--wait", "--timeout", "30"
@@ -328,7 +298,7 @@ def test_enqueue_wait_for_a_failing_job_exits_1(stand_in_worker: Celery) -> None
     assert result.exit_code == 1
     status = json.loads(result.stdout)
     assert status["state"] == "FAILURE"
-    assert status["error"] == {"type": "ValueError", "message": "artifact_uri: refused by the stand-in"}
+    assert status["error"] == {"type": "InvalidJobError", "message": "artifact_uri: the stand-in refuses this model"}
 
 
 # ------------------------------------------------------------------ failed-jobs store

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,7 @@ import mlflow.pyfunc
 import pytest
 import redis
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 from celery.result import AsyncResult
-from kombu import Queue
 
 from hokusai_registry.contract import (
     REGISTER_TASK,
@@ -225,37 +222,6 @@ def test_wait_for_job_times_out_with_the_last_state(redis_url: str) -> None:
     with pytest.raises(JobTimeoutError, match=rf"job {job_id} did not finish within 0.3s \(last state: PENDING\)"):
         wait_for_job(job_id, 0.3)
     assert 0.3 <= time.monotonic() - started < 5.0
-
-
-@pytest.fixture
-def stand_in_worker(redis_url: str) -> Iterator[Celery]:
-    """A real Celery worker (thread, solo pool) with stand-in tasks under the contract's names.
-
-    It proves the message a producer publishes is what a worker defining
-    ``register_model(job: dict) -> dict`` and ``emit_webhook(result: dict) -> dict`` consumes.
-    """
-    app = Celery("stand-in-worker", broker=redis_url, backend=redis_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        task_queues=[Queue(REGISTRATION_QUEUE), Queue(WEBHOOK_QUEUE)],
-        worker_hijack_root_logger=False,
-    )
-
-    @app.task(name=REGISTER_TASK, shared=False)  # shared tasks would leak into later apps
-    def register_model(job: dict[str, Any]) -> dict[str, Any]:
-        checked = RegistrationJob.model_validate(job)
-        if checked.metadata.get("refuse"):
-            raise InvalidJobError("artifact_uri: the stand-in refuses this model")
-        return {"job_id": str(checked.job_id), "model_id": f"hokusai_{checked.model_type}_baseline/1"}
-
-    @app.task(name=WEBHOOK_TASK, shared=False)
-    def emit_webhook(result: dict[str, Any]) -> dict[str, Any]:
-        return {"delivered": True, "model_id": result["model_id"]}
-
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=20):
-        yield app
 
 
 def test_worker_receives_the_job_and_chains_the_webhook(stand_in_worker: Celery) -> None:
