@@ -16,6 +16,10 @@ COPY pyproject.toml README.md celeryconfig.py ./
 COPY hokusai_registry ./hokusai_registry
 COPY worker ./worker
 COPY producers ./producers
+COPY hokusai_app ./hokusai_app
+# Development tooling: only for the compose file's sample receiver (python -m devtools.receiver);
+# it is not part of the installed package.
+COPY devtools ./devtools
 # The server extra adds Flower and the PostgreSQL driver the tracking server needs.
 RUN pip install ".[server]"
 

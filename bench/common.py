@@ -1,7 +1,7 @@
 """Shared pieces of ``bench.run`` and ``bench.load``: stores, workers, receiver, statistics, machine info.
 
 Processes (Redis, workers, the MLflow server, PostgreSQL databases) come from
-``hokusai_registry.devstack``; nothing here re-implements process handling.
+``devtools.devstack``; nothing here re-implements process handling.
 Only what ``pip install -e '.[test]'`` installs is needed (no psutil: RSS is read from /proc).
 """
 
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hokusai_registry import devstack
+from devtools import devstack
 
 #: Our own Redis database (other engineers use 14 and 15); only this one is ever flushed.
 DEFAULT_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -347,7 +347,7 @@ class MemorySampler:
         while not self._stop.wait(self.interval_s):
             self.sample()
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> MemorySampler:
         self.sample()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._thread.start()

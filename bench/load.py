@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from hokusai_registry import devstack
+from devtools import devstack
 
 REGISTERED_NAME = "hokusai_classification_baseline"
 
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_receiver(secret: str, fail_every: int) -> Any:
-    from worker.receiver import WebhookReceiver
+    from devtools.receiver import WebhookReceiver
 
     class FlakyReceiver(WebhookReceiver):
         """Fails the first attempt of every ``fail_every``-th new idempotency key (arrival order)."""
@@ -278,7 +278,9 @@ def print_summary(report: dict[str, Any]) -> None:
           f"{p['fail_every']}th event")  # fmt: skip
     for name, ok in report["checks"].items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
-    print(f"  jobs/s                     {t['jobs_per_s']}  ({t['seconds']} s; enqueue {t['enqueue_per_job_ms']} ms/job)")
+    print(
+        f"  jobs/s                     {t['jobs_per_s']}  ({t['seconds']} s; enqueue {t['enqueue_per_job_ms']} ms/job)"
+    )
     print(f"  latency p50 / p99          {lat['all']['median_ms']:.0f} ms / {lat['all']['p99_ms']:.0f} ms "
           f"(first attempt ok p50 {lat['first_attempt_ok']['median_ms']} ms; after a 500 p50 "
           f"{lat['after_a_500']['median_ms']} ms)")  # fmt: skip

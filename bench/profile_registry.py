@@ -27,7 +27,7 @@ from collections import defaultdict
 from typing import Any
 
 from bench import common
-from hokusai_registry import devstack
+from devtools import devstack
 
 TIMES: dict[str, list[float]] = defaultdict(list)
 COUNTS: dict[str, int] = defaultdict(int)
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow.utils.rest_utils as rest_utils
 
     from hokusai_registry.settings import Settings
-    from worker import lineage, model_inputs
-    from worker.registry import HokusaiModelRegistry
+    from worker.registration import lineage, model_inputs
+    from worker.registration.registry import HokusaiModelRegistry
 
     timed(model_inputs, "flavor_for", "registry: flavor_for")
     timed(lineage, "git_lineage", "registry: git_lineage (remembered per repository state)")
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             requirements = common.explicit_requirements()
             experiment = common.bench_experiment(store, "bench-bare")
             registry = HokusaiModelRegistry(
-                store.tracking_uri, settings=Settings(hokusai_home=work / "home", mlflow_tracking_uri=store.tracking_uri)
+                store.tracking_uri,
+                settings=Settings(hokusai_home=work / "home", mlflow_tracking_uri=store.tracking_uri),
             )
 
             def bare() -> None:

@@ -28,10 +28,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import httpx
 
+    from devtools.receiver import WebhookReceiver
     from hokusai_registry.settings import Settings
-    from worker import delivery
-    from worker.events import WebhookEvent
-    from worker.receiver import WebhookReceiver
+    from worker.webhooks import delivery
+    from worker.webhooks.event import WebhookEvent
 
     times: dict[str, list[float]] = {"deliver, new client per attempt (today)": [],
                                      "deliver, shared client": [], "httpx.Client() create + close": []}  # fmt: skip
@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         shared.close()
     print(f"medians over {args.reps} alternating repetitions")
     for label, values in times.items():
-        print(f"  {label:<44}{statistics.median(values) * 1000:>8.1f} ms   p95 {common.percentile(values, 95) * 1000:.1f} ms")
+        print(
+            f"  {label:<44}{statistics.median(values) * 1000:>8.1f} ms"
+            f"   p95 {common.percentile(values, 95) * 1000:.1f} ms"
+        )
     return 0
 
 

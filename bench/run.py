@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from hokusai_registry import devstack
+from devtools import devstack
 
 TARGETS = {
     "registry_over_bare": {"ratio": "3/1", "op": "<=", "limit": 1.05, "store": "both"},
@@ -171,7 +171,9 @@ class QueueBench:
 
         expected = len(self.receiver.events) + size
         groups = {
-            "workers": [pid for w in self.workers[: self.active] if w.process for pid in common.tree_pids(w.process.pid)],
+            "workers": [
+                pid for w in self.workers[: self.active] if w.process for pid in common.tree_pids(w.process.pid)
+            ],
             **self.store.process_groups(),
             "redis (whole instance)": common.pids_matching("redis-server"),
             "benchmark process (receiver)": [os.getpid()],
@@ -231,18 +233,19 @@ class QueueBench:
 def bench_store(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     import mlflow
 
-    from hokusai_registry.settings import Settings
-    from worker.receiver import WebhookReceiver
-    from worker.registry import HokusaiModelRegistry
-
     from bench.old_path import log_and_register_twice
+    from devtools.receiver import WebhookReceiver
+    from hokusai_registry.settings import Settings
+    from worker.registration.registry import HokusaiModelRegistry
 
     work = devstack.scratch_dir(f"hokusai-bench-{kind}-")
     print(f"\n== {kind}: scratch folder {work}", flush=True)
     common.fresh_redis(args.redis_url)
     try:
-        with common.mlflow_store(kind, work, server_workers=args.server_workers) as store, \
-                WebhookReceiver(common.SECRET) as receiver:
+        with (
+            common.mlflow_store(kind, work, server_workers=args.server_workers) as store,
+            WebhookReceiver(common.SECRET) as receiver,
+        ):
             common.activate(store.tracking_uri)
             model = common.make_model()
             requirements = common.explicit_requirements()
@@ -305,11 +308,14 @@ def bench_store(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                             measured = runners[name]()
                         samples[name].append(measured if name.startswith("queue") else time.perf_counter() - start)
                     if (rep + 1) % 5 == 0 or rep + 1 == args.reps:
-                        print(f"  rep {rep + 1}/{args.reps}: " + ", ".join(
-                            f"{n} {statistics.median(s) * 1000:.0f} ms" for n, s in samples.items() if s), flush=True)
+                        print(
+                            f"  rep {rep + 1}/{args.reps}: "
+                            + ", ".join(f"{n} {statistics.median(s) * 1000:.0f} ms" for n, s in samples.items() if s),
+                            flush=True,
+                        )
                 throughput: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
                 for rep in range(args.throughput_reps):
-                    for count in ((1, 2) if rep % 2 == 0 else (2, 1)):
+                    for count in (1, 2) if rep % 2 == 0 else (2, 1):
                         queue.use(count)
                         outcome = queue.batch(args.batch)
                         throughput[str(count)].append(outcome)
@@ -393,7 +399,8 @@ def print_table(report: dict[str, Any]) -> None:
         row = f"{'throughput, ' + count + ' worker(s), jobs/s':<48}"
         for store in stores:
             value = report["stores"][store]["throughput"][count]["median_jobs_per_s"]
-            row += f"{value if value is not None else '-':>18}{'':>12}{len(report['stores'][store]['throughput'][count]['batches']):>5}"
+            batches = len(report["stores"][store]["throughput"][count]["batches"])
+            row += f"{value if value is not None else '-':>18}{'':>12}{batches:>5}"
         print(row)
     print("\ntarget                                   " + "".join(f"{s:>24}" for s in stores))
     for key, target in TARGETS.items():
@@ -417,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     report: dict[str, Any] = {
         "benchmark": "bench.run",
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.run", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [Path(sys.executable).name, "-m", "bench.run", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "machine": common.machine_info(),
         "parameters": {"reps": args.reps, "old_reps": args.old_reps, "batch": args.batch,
                        "throughput_reps": args.throughput_reps, "stores": args.stores, "quick": args.quick,

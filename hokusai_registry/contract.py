@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 #: Celery task names (producers publish by name; the worker registers these names).
 REGISTER_TASK = "hokusai.register_model"
@@ -47,10 +47,47 @@ ModelType = Literal["lead_scoring", "classification", "regression", "ranking"]
 #: Default cap on a job's metadata, serialised as JSON (the worker's setting may lower it).
 MAX_METADATA_BYTES = 1_000_000
 
+# Id patterns: the one definition of each. Values that reach MLflow filter strings are matched in
+# full against these first (MLflow filters have no escaping).
 CONTRIBUTOR_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
-MODEL_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]+/[1-9][0-9]*$")
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,256}$")
+#: MLflow 3 LoggedModel ids (``m-<32 hex>``) and MLflow 2 MLmodel uuids (32 hex).
+MODEL_UUID_RE = re.compile(r"^(m-[0-9a-f]{32}|[0-9a-f]{32})$")
+#: A baseline id: ``<name>_baseline/<version>``; its improved models register as ``<name>_improved``.
+BASELINE_ID_RE = re.compile(r"^(?P<stem>[A-Za-z0-9_.\-]{1,240})_baseline/(?P<version>[1-9][0-9]{0,17})$")
 TOKEN_ID_RE = re.compile(r"^[a-z0-9-]+$")
 GIT_COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
+
+BASELINE_ID_HINT = "must look like '<name>_baseline/<version>', e.g. 'hokusai_lead_scoring_baseline/3'"
+
+
+class BaselineRef(NamedTuple):
+    """What a baseline id says: the registered name and version, and where improvements go."""
+
+    name: str
+    version: str
+    improved_name: str
+    #: The model type the name implies (``hokusai_<model_type>_baseline``), or None for other names.
+    model_type: str | None
+
+
+def parse_baseline_id(baseline_id: object) -> BaselineRef:
+    """Split a baseline id ``<name>_baseline/<version>``.
+
+    Raises:
+        ValueError: ``baseline_id`` does not have that shape (the message says which shape).
+    """
+    match = BASELINE_ID_RE.fullmatch(baseline_id) if isinstance(baseline_id, str) else None
+    if match is None:
+        raise ValueError(f"baseline_id {BASELINE_ID_HINT}; got {baseline_id!r}")
+    stem = match["stem"]
+    implied = stem.removeprefix("hokusai_") if stem.startswith("hokusai_") else None
+    return BaselineRef(
+        name=f"{stem}_baseline",
+        version=match["version"],
+        improved_name=f"{stem}_improved",
+        model_type=implied if implied in MODEL_TYPES else None,
+    )
 
 
 class GitInfo(BaseModel):
@@ -164,8 +201,8 @@ class RegistrationJob(BaseModel):
     @field_validator("baseline_id")
     @classmethod
     def _check_baseline_id(cls, value: str | None) -> str | None:
-        if value is not None and not MODEL_ID_RE.fullmatch(value):
-            raise ValueError("must look like 'registered_model_name/version'")
+        if value is not None and not BASELINE_ID_RE.fullmatch(value):
+            raise ValueError(BASELINE_ID_HINT)
         return value
 
     @field_validator("contributor")
@@ -186,7 +223,7 @@ class RegistrationJob(BaseModel):
         return lowered
 
     @model_validator(mode="after")
-    def _check_kind(self) -> "RegistrationJob":
+    def _check_kind(self) -> RegistrationJob:
         improved_fields = {
             "baseline_id": self.baseline_id,
             "delta_metrics": self.delta_metrics,

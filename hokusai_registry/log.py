@@ -13,12 +13,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from types import MappingProxyType
 
 from hokusai_registry.contract import job_id_of_task
 from hokusai_registry.settings import Settings
 
 CONTEXT_FIELDS = ("job_id", "model_uuid", "version", "event_id")
-_context: ContextVar[dict[str, str]] = ContextVar("hokusai_log_context", default={})
+_context: ContextVar[Mapping[str, str]] = ContextVar("hokusai_log_context", default=MappingProxyType({}))
 
 
 def bind(**fields: object) -> None:

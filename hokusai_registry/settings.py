@@ -144,7 +144,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_timing(self) -> "Settings":
+    def _check_timing(self) -> Settings:
         longest_wait = self.task_time_limit_s + max(self.registry_backoff_max_s, self.webhook_backoff_max_s)
         if self.visibility_timeout_s <= longest_wait:
             raise ValueError(

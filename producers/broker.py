@@ -119,7 +119,11 @@ def _log_retry(state: RetryCallState, redis_url: str, action: str) -> None:
     delay = state.next_action.sleep if state.next_action else 0.0
     logger.warning(
         "Redis at %s unreachable while %s (attempt %d: %s); retrying in %.2fs",
-        redact_url(redis_url), action, state.attempt_number, scrub(str(exc), redis_url), delay,
+        redact_url(redis_url),
+        action,
+        state.attempt_number,
+        scrub(str(exc), redis_url),
+        delay,
     )
 
 

@@ -30,8 +30,8 @@ from hokusai_registry.contract import (
 )
 from hokusai_registry.errors import InvalidInputError, RetryableError
 from hokusai_registry.settings import Settings, get_settings
+from hokusai_registry.validation import validate_job
 from producers.broker import call_with_retry, publisher_app, results_app
-from producers.validation import validate_job
 
 #: Seconds between two polls of the result backend in :func:`wait_for_job` (grows to the max).
 POLL_INTERVAL_S = 0.1

@@ -14,8 +14,8 @@ from uuid import uuid4
 
 from hokusai_registry.errors import BrokerUnavailableError, ConfigurationError, InvalidInputError, InvalidJobError
 from hokusai_registry.settings import Settings, get_settings
+from hokusai_registry.validation import validate_job
 from producers.enqueue import enqueue_registration
-from producers.validation import validate_job
 
 
 class MissingDependencyError(ConfigurationError, ImportError):

@@ -6,4 +6,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source scripts/bootstrap.sh
 bash scripts/services.sh
+if [ "$#" -eq 0 ]; then  # the whole suite: code health first (a filtered run skips it)
+  echo "==> ruff check, ruff format --check, mypy"
+  ruff check .
+  ruff format --check .
+  mypy
+fi
 exec python -m pytest "$@"

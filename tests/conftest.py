@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hokusai_registry.devstack import free_port, port_open
+from devtools.devstack import free_port, port_open
 
 __all__ = ["free_port", "port_open", "require_service"]
 
@@ -33,7 +33,9 @@ def require_service(name: str, host: str, port: int) -> None:
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No test reads the developer's settings, and each test's HOKUSAI_HOME is its own."""
     for key in list(os.environ):
-        if key.startswith(("WEBHOOK_", "MLFLOW_TRACKING", "MLFLOW_REGISTRY", "REDIS_URL", "HOKUSAI_HOME", "ALLOWED_ARTIFACT")):
+        if key.startswith(
+            ("WEBHOOK_", "MLFLOW_TRACKING", "MLFLOW_REGISTRY", "REDIS_URL", "HOKUSAI_HOME", "ALLOWED_ARTIFACT")
+        ):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOKUSAI_HOME", str(tmp_path / "home"))
     from hokusai_registry.settings import get_settings
@@ -83,7 +85,7 @@ def tracking_uri(_mlflow_template: Path, tmp_path: Path, monkeypatch: pytest.Mon
 
 @pytest.fixture
 def registry(tracking_uri: str):  # type: ignore[no-untyped-def]
-    from worker.registry import HokusaiModelRegistry
+    from worker.registration.registry import HokusaiModelRegistry
 
     return HokusaiModelRegistry(tracking_uri)
 

@@ -1,6 +1,6 @@
 """A real ``mlflow server`` process on a fresh PostgreSQL database, for tests that go over REST.
 
-The processes are ``hokusai_registry.devstack``'s (the benchmarks use the same); this adds the
+The processes are ``devtools.devstack``'s (the benchmarks use the same); this adds the
 test policy: a missing PostgreSQL or a server that cannot start fails the test, never skips it.
 ``running_mlflow_server()`` is the context manager (a test may start one mid-way, e.g. to
 bring MLflow up while a job retries); ``mlflow_server`` is a module-scoped fixture built on it.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hokusai_registry import devstack
+from devtools import devstack
 from tests.conftest import POSTGRES_HOST, POSTGRES_PORT, require_service
 
 ADMIN_DSN = f"host={POSTGRES_HOST} port={POSTGRES_PORT} user=postgres dbname=postgres"
@@ -50,9 +50,11 @@ def running_mlflow_server(
     PostgreSQL database that is dropped on exit.
     """
     if backend_uri is None:
-        with fresh_database() as fresh_uri:
-            with running_mlflow_server(artifacts_dir=artifacts_dir, port=port, backend_uri=fresh_uri) as url:
-                yield url
+        with (
+            fresh_database() as fresh_uri,
+            running_mlflow_server(artifacts_dir=artifacts_dir, port=port, backend_uri=fresh_uri) as url,
+        ):
+            yield url
         return
     try:
         with devstack.mlflow_server(backend_uri=backend_uri, artifacts_dir=artifacts_dir, port=port) as url:

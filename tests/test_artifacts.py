@@ -8,7 +8,7 @@ import pytest
 
 from hokusai_registry.errors import ArtifactNotFoundError, ArtifactRejectedError
 from hokusai_registry.settings import Settings
-from worker.artifacts import check_artifact_uri, fetched_model
+from worker.registration.artifacts import check_artifact_uri, fetched_model
 
 
 @pytest.fixture
@@ -60,6 +60,8 @@ def test_the_scheme_list_is_a_setting(tmp_path: Path) -> None:
 
 
 def test_a_folder_without_mlmodel_is_not_a_model(settings: Settings) -> None:
-    with pytest.raises(ArtifactNotFoundError, match="holds no MLmodel"):
-        with fetched_model(str(settings.artifact_roots[0] / "model")):
-            pass
+    with (
+        pytest.raises(ArtifactNotFoundError, match="holds no MLmodel"),
+        fetched_model(str(settings.artifact_roots[0] / "model")),
+    ):
+        pass

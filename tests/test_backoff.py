@@ -1,4 +1,4 @@
-"""worker.backoff: exponential backoff with jitter and a cap, Retry-After parsing. No sleeping."""
+"""worker.webhooks.backoff: exponential backoff with jitter and a cap, Retry-After parsing. No sleeping."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from hokusai_registry.errors import InvalidInputError
-from worker.backoff import backoff_delay, parse_retry_after, retry_delay
+from worker.webhooks.backoff import backoff_delay, parse_retry_after, retry_delay
 
 NOW = datetime(2026, 11, 26, 23, 31, 48, tzinfo=UTC)
 

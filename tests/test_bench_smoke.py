@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hokusai_registry.devstack import PROJECT_ROOT
+from devtools.devstack import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,8 @@ import redis
 from celery import Celery
 from click.testing import CliRunner, Result
 
+from hokusai_app.cli import main
 from hokusai_registry import failed_jobs
-from hokusai_registry.cli import main
 from hokusai_registry.contract import (
     REGISTER_TASK,
     REGISTRATION_QUEUE,
@@ -148,7 +148,9 @@ def test_enqueue_from_flags(redis_url: str) -> None:
 
 def test_enqueue_from_file_with_a_flag_overriding_it(redis_url: str, tmp_path: Path) -> None:
     path = tmp_path / "job.json"
-    path.write_text(json.dumps({"kind": "baseline", "model_type": "regression", "artifact_uri": "/a", "tags": {"x": "1"}}))
+    path.write_text(
+        json.dumps({"kind": "baseline", "model_type": "regression", "artifact_uri": "/a", "tags": {"x": "1"}})
+    )
 
     result = run("enqueue", "--file", str(path), "--artifact-uri", "/b")
 
@@ -250,7 +252,9 @@ def test_invalid_settings_exit_2_without_echoing_the_value(monkeypatch: pytest.M
     monkeypatch.setenv("REDIS_URL", "http://:hunter2@example")
     result = run("jobs", "failed")
     assert result.exit_code == 2
-    assert result.stderr == "Error: invalid settings: REDIS_URL: REDIS_URL must be a redis://, rediss:// or unix:// URL\n"
+    assert (
+        result.stderr == "Error: invalid settings: REDIS_URL: REDIS_URL must be a redis://, rediss:// or unix:// URL\n"
+    )
 
 
 # ------------------------------------------------------------------ status and waiting
@@ -274,9 +278,7 @@ def test_enqueue_wait_times_out_with_exit_2(redis_url: str) -> None:
         "--wait", "--timeout", "0.2",
     )  # fmt: skip
     assert result.exit_code == 2
-    assert result.stderr.splitlines()[-1] == (
-        f"Error: job {JOB_ID} did not finish within 0.2s (last state: PENDING)"
-    )
+    assert result.stderr.splitlines()[-1] == (f"Error: job {JOB_ID} did not finish within 0.2s (last state: PENDING)")
 
 
 def test_enqueue_wait_prints_the_result(stand_in_worker: Celery) -> None:
@@ -457,9 +459,7 @@ def _legacy_tags(tracking_uri: str) -> dict[str, str | None]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    return {
-        str(v.version): v.tags.get("model_uuid") for v in client.search_model_versions(f"name = '{LEGACY_MODEL}'")
-    }
+    return {str(v.version): v.tags.get("model_uuid") for v in client.search_model_versions(f"name = '{LEGACY_MODEL}'")}
 
 
 def _tagged(report: dict[str, Any]) -> list[dict[str, str]]:
@@ -478,7 +478,7 @@ def test_backfill_uuids_dry_run_then_real_run_then_nothing(tracking_uri: str, le
     assert (report["dry_run"], report["scanned"], report["already_tagged"], report["unresolved"]) == (True, 3, 1, [])
     assert _tagged(report) == expected
     assert "dry run: would tag 2 of 3 version(s); 1 already tagged, 0 unresolved" in dry.stderr
-    assert _legacy_tags(tracking_uri) == {version: None for version in legacy_versions}
+    assert _legacy_tags(tracking_uri) == dict.fromkeys(legacy_versions)
 
     real = run("backfill-uuids", "--tracking-uri", tracking_uri)
     assert real.exit_code == 0, real.output
@@ -498,7 +498,7 @@ def test_backfill_uuids_dry_run_then_real_run_then_nothing(tracking_uri: str, le
 def test_an_unusable_store_is_a_clean_message_not_a_traceback(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from hokusai_registry.cli import main
+    from hokusai_app.cli import main
 
     not_a_database = tmp_path / "store.db"
     not_a_database.write_text("this is not sqlite")
@@ -511,7 +511,7 @@ def test_an_unusable_store_is_a_clean_message_not_a_traceback(tmp_path: Path) ->
 def test_an_mlflow_error_is_a_clean_message_not_a_traceback() -> None:
     from click.testing import CliRunner
 
-    from hokusai_registry.cli import main
+    from hokusai_app.cli import main
 
     result = CliRunner().invoke(main, ["backfill-uuids", "--tracking-uri", "nosuchscheme://host/store"])
     assert result.exit_code == 2, result.output

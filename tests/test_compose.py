@@ -284,7 +284,7 @@ def check_mlflow(argv: list[str], where: str) -> None:
 
 def resolve_cli_command(words: list[str]) -> tuple[click.Command, list[str]]:
     """The ``hokusai-registry`` command that ``words`` name, and the words left over."""
-    from hokusai_registry.cli import main
+    from hokusai_app.cli import main
 
     command: click.Command = main
     while words and isinstance(command, click.Group) and not words[0].startswith("-"):
@@ -309,8 +309,12 @@ def check_invocation(argv: list[str], service_name: str, service: dict[str, Any]
         binaries = IMAGE_BINARIES.get(image_repository(service["image"]), set())
         assert executable in binaries, f"{where}: {executable!r} is not known to ship in {service['image']}"
         return
-    checks = {"celery": check_celery, "python": check_python, "mlflow": check_mlflow,
-              "hokusai-registry": check_hokusai_cli}
+    checks = {
+        "celery": check_celery,
+        "python": check_python,
+        "mlflow": check_mlflow,
+        "hokusai-registry": check_hokusai_cli,
+    }
     assert executable in checks, f"{where}: unknown executable {executable!r}; teach test_compose.py to check it"
     checks[executable](argv, where)
 
@@ -368,7 +372,7 @@ def test_worker_is_scalable() -> None:
     assert "container_name" not in worker, "worker has a container_name: `--scale worker=N` would clash"
     assert "hostname" not in worker, "worker has a fixed hostname: every replica would be the same Celery node"
     for port in worker.get("ports") or []:
-        fixed = isinstance(port, dict) and port.get("published") or isinstance(port, str) and ":" in port
+        fixed = (isinstance(port, dict) and port.get("published")) or (isinstance(port, str) and ":" in port)
         assert not fixed, f"worker publishes a fixed host port {port!r}: `--scale worker=N` would clash"
     assert argv_of(worker["command"])[:4] == ["celery", "-A", "worker", "worker"], worker["command"]
 
@@ -489,7 +493,7 @@ def test_commented_values_are_the_built_in_defaults(monkeypatch: pytest.MonkeyPa
 
 
 def test_env_example_values_make_a_working_worker_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.delivery import check_webhook_config
+    from worker.webhooks.delivery import check_webhook_config
 
     names = settings_env_names()
     for name, value in example_env().items():

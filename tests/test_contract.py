@@ -20,7 +20,7 @@ from hokusai_registry.contract import (
     job_json_schema,
 )
 from hokusai_registry.errors import InvalidJobError
-from producers.validation import validate_job
+from hokusai_registry.validation import validate_job
 
 WALLET = "0x" + "ab" * 20
 _DROP = object()

@@ -1,4 +1,4 @@
-"""worker.delivery against the real sample receiver on loopback (and a real Redis for stored events)."""
+"""worker.webhooks.delivery against the real sample receiver on loopback (and a real Redis for stored events)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import httpx
 import pytest
 import redis
 
+from devtools.receiver import ScriptedResponse, WebhookReceiver
 from hokusai_registry.contract import RegistrationJob
 from hokusai_registry.errors import (
     ConfigurationError,
@@ -21,10 +22,9 @@ from hokusai_registry.errors import (
 )
 from hokusai_registry.settings import Settings
 from tests.conftest import free_port
-from worker.delivery import check_webhook_config, deliver, send_stored_event
-from worker.event_store import EventStore
-from worker.events import WebhookEvent, build_event
-from worker.receiver import ScriptedResponse, WebhookReceiver
+from worker.webhooks.delivery import check_webhook_config, deliver, send_stored_event
+from worker.webhooks.event import WebhookEvent, build_event
+from worker.webhooks.store import EventStore
 
 SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NQ=="
 PLAIN_SECRET = "plain-text-secret-that-must-never-be-logged"

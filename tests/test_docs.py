@@ -133,7 +133,7 @@ def test_configuration_documents_every_compose_variable() -> None:
 
 # ---------------------------------------------------------------------------------- all pages
 def test_documented_commands_exist() -> None:
-    from hokusai_registry.cli import main
+    from hokusai_app.cli import main
 
     for page in doc_pages():
         for words in cli_invocations(page.read_text(encoding="utf-8")):

@@ -1,4 +1,4 @@
-"""worker.event_store and worker.replay on a real Redis, replaying to the real sample receiver."""
+"""worker.webhooks.store and worker.webhooks.replay on a real Redis, replaying to the real sample receiver."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from pydantic import SecretStr
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from devtools.receiver import WebhookReceiver
 from hokusai_registry.contract import RegistrationJob
 from hokusai_registry.errors import BrokerUnavailableError, InvalidInputError
 from hokusai_registry.settings import Settings
 from tests.conftest import free_port
-from worker.delivery import send_stored_event
-from worker.event_store import EventStore
-from worker.events import WebhookEvent, build_event
-from worker.receiver import WebhookReceiver
-from worker.replay import replay_dead_letters
+from worker.webhooks.delivery import send_stored_event
+from worker.webhooks.event import WebhookEvent, build_event
+from worker.webhooks.replay import replay_dead_letters
+from worker.webhooks.store import EventStore
 
 SECRET = "replay-test-secret"
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

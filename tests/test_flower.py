@@ -13,14 +13,14 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools.devstack import free_port, log_tail, stop_process_group
+from devtools.receiver import WebhookReceiver
 from hokusai_registry.contract import REGISTER_TASK, WEBHOOK_TASK
-from hokusai_registry.devstack import free_port, log_tail, stop_process_group
 from producers import enqueue_registration
 from producers.enqueue import webhook_task_id
 from tests.queue_helpers import job_fields, save_model_dir
 from tests.test_webhooks_e2e import SECRET
 from tests.worker_process import ROOT, WorkerProcess, wait_until
-from worker.receiver import WebhookReceiver
 
 pytestmark = pytest.mark.slow
 

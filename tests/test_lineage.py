@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from worker.lineage import git_lineage
+from worker.registration.lineage import git_lineage
 
 
 def git(repo: Path, *args: str) -> str:

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
+from devtools.devstack import free_port
+from devtools.receiver import WebhookReceiver
 from hokusai_registry.contract import webhook_task_id
-from hokusai_registry.devstack import free_port
 from producers import enqueue_registration
 from tests.queue_helpers import client_app, job_fields, save_model_dir, wait_result
 from tests.test_webhooks_e2e import SECRET
 from tests.worker_process import ROOT, WorkerProcess
-from worker.receiver import WebhookReceiver
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,9 @@ def test_json_logs_carry_the_job_context_on_every_line(
     records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert records, "LOG_FORMAT=json prints one JSON object per line"
 
-    about_the_job = [r for r in records if job_id in r["message"] or r["logger"].startswith(("worker.", "celery.app.trace"))]
+    about_the_job = [
+        r for r in records if job_id in r["message"] or r["logger"].startswith(("worker.", "celery.app.trace"))
+    ]
     assert len(about_the_job) >= 4
     for record in about_the_job:
         assert record.get("job_id") == job_id, record
@@ -68,7 +70,7 @@ def test_text_logs_carry_the_job_context(
 
 # ---------------------------------------------------------------------------- doctor
 def run_cli(*args: str, env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hokusai_registry.cli", *args], env={**os.environ, **env},
+    return subprocess.run([sys.executable, "-m", "hokusai_app.cli", *args], env={**os.environ, **env},
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
 
 

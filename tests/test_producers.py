@@ -311,7 +311,7 @@ def test_save_and_enqueue_refuses_a_job_id_already_staged(redis_url: str, sk_mod
 
 
 def test_save_and_enqueue_rejects_an_unsupported_model(redis_url: str) -> None:
-    with pytest.raises(InvalidInputError, match="model must be a scikit-learn estimator or an mlflow.pyfunc"):
+    with pytest.raises(InvalidInputError, match=r"model must be a scikit-learn estimator or an mlflow\.pyfunc"):
         save_and_enqueue(object(), {"kind": "baseline", "model_type": "classification"})
     assert not get_settings().staging_dir.exists()
 

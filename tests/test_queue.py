@@ -74,8 +74,10 @@ def test_same_job_enqueued_twice_yields_one_version(
         enqueue_registration(job)
         enqueue_registration(job)  # a producer re-sending the same job (same job_id)
         wait_until(
-            lambda: len(app.backend.client.keys("celery-task-meta-*")) >= 1
-            and app.AsyncResult(str(job.job_id)).state == "SUCCESS",
+            lambda: (
+                len(app.backend.client.keys("celery-task-meta-*")) >= 1
+                and app.AsyncResult(str(job.job_id)).state == "SUCCESS"
+            ),
             timeout_s=60,
             what="the job to succeed",
         )
@@ -97,8 +99,8 @@ def test_crash_between_log_and_register_registers_the_logged_model(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from hokusai_registry.settings import get_settings
-    from worker.registration import register_job
-    from worker.registry import HokusaiModelRegistry
+    from worker.registration.job import register_job
+    from worker.registration.registry import HokusaiModelRegistry
 
     job = RegistrationJob.model_validate(job_fields(save_model_dir(sk_model, staging)))
 
@@ -226,9 +228,7 @@ def test_bad_jobs_fail_permanently_with_a_recorded_reason(
     assert MlflowClient(tracking_uri).search_model_versions("") == []
 
 
-def test_mlflow_down_then_up_job_completes(
-    redis_url: str, staging: Path, sk_model: Any, tmp_path: Path
-) -> None:
+def test_mlflow_down_then_up_job_completes(redis_url: str, staging: Path, sk_model: Any, tmp_path: Path) -> None:
     from tests.conftest import free_port
     from tests.mlflow_server import running_mlflow_server
 
@@ -284,7 +284,9 @@ def test_models_and_file_uris_are_fetched_and_relogged(
     uris = {"models": source.model_uri, "file": save_model_dir(sk_model, staging).as_uri()}
     app = client_app(redis_url)
     with WorkerProcess(worker_env, tmp_path) as worker:
-        job_ids = {kind: enqueue_registration(job_fields(Path("unused"), artifact_uri=uri)) for kind, uri in uris.items()}
+        job_ids = {
+            kind: enqueue_registration(job_fields(Path("unused"), artifact_uri=uri)) for kind, uri in uris.items()
+        }
         results = {kind: wait_result(app, job_id) for kind, job_id in job_ids.items()}
         for kind, result in results.items():
             assert result.state == "SUCCESS", f"{kind}: {worker.log_tail()}"

@@ -1,4 +1,4 @@
-"""``worker.registry.HokusaiModelRegistry`` against a real MLflow sqlite store (one per test)."""
+"""``worker.registration.registry.HokusaiModelRegistry`` against a real MLflow sqlite store (one per test)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from hokusai_registry.errors import InvalidInputError, RegistryUnavailableError, SignatureError
 from tests.conftest import free_port
-from worker.registry import HokusaiModelRegistry
+from worker.registration.registry import HokusaiModelRegistry
 
 CONTRIBUTOR = "0x" + "ab12" * 10
 OTHER_CONTRIBUTOR = "0x" + "cd34" * 10
@@ -108,9 +108,7 @@ def test_register_baseline_captures_model_info(
     registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any, example_records: list[dict[str, float]]
 ) -> None:
     before = datetime.now(UTC)
-    result = registry.register_baseline(
-        sk_model, "classification", {"owner": "team-a"}, input_example=example_records
-    )
+    result = registry.register_baseline(sk_model, "classification", {"owner": "team-a"}, input_example=example_records)
 
     client = MlflowClient(tracking_uri)
     version = client.get_model_version("hokusai_classification_baseline", "1")
@@ -143,9 +141,7 @@ def test_register_baseline_captures_model_info(
     assert version.tags["is_baseline"] == "true"
 
 
-def test_exactly_one_version_per_call(
-    registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any
-) -> None:
+def test_exactly_one_version_per_call(registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any) -> None:
     first = registry.register_baseline(sk_model, "regression", {})
     assert [str(v.version) for v in versions_of(tracking_uri, "hokusai_regression_baseline")] == ["1"]
     second = registry.register_baseline(sk_model, "regression", {})
@@ -229,12 +225,8 @@ def test_model_uuid_searchability(
                ("lead_scoring", "classification", "regression", "ranking")]  # fmt: skip
     results.append(registry.register_baseline(ConstantModel(), "ranking", {"kind": "pyfunc"}))
     results.append(registry.register_baseline(sk_model, "classification", {}, input_example=example_records))
-    results.append(
-        registry.register_improved_model(sk_model, results[1]["model_id"], {"f1": 0.01}, CONTRIBUTOR)
-    )
-    results.append(
-        registry.register_improved_model(ConstantModel(), results[3]["model_id"], {}, OTHER_CONTRIBUTOR)
-    )
+    results.append(registry.register_improved_model(sk_model, results[1]["model_id"], {"f1": 0.01}, CONTRIBUTOR))
+    results.append(registry.register_improved_model(ConstantModel(), results[3]["model_id"], {}, OTHER_CONTRIBUTOR))
 
     assert len({r["model_uuid"] for r in results}) == len(results)
     for result in results:
@@ -345,9 +337,7 @@ def test_signature_validation(
         assert isinstance(raised.value, ValueError)
         assert message in str(raised.value), (kwargs, str(raised.value))
         with pytest.raises(SignatureError):
-            registry.register_improved_model(
-                sk_model, "hokusai_classification_baseline/1", {}, CONTRIBUTOR, **kwargs
-            )
+            registry.register_improved_model(sk_model, "hokusai_classification_baseline/1", {}, CONTRIBUTOR, **kwargs)
     assert_nothing_logged(tracking_uri)
 
     as_object = registry.register_baseline(
@@ -374,9 +364,7 @@ def test_signature_validation(
 
 # ---------------------------------------------------------------------------------- compatibility
 def test_backward_compatibility(registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any) -> None:
-    def baseline(
-        model: Any = sk_model, model_type: Any = "classification", metadata: Any = None, **kwargs: Any
-    ) -> Any:
+    def baseline(model: Any = sk_model, model_type: Any = "classification", metadata: Any = None, **kwargs: Any) -> Any:
         metadata = {} if metadata is None else metadata
         return lambda: registry.register_baseline(model, model_type, metadata, **kwargs)
 
@@ -390,10 +378,7 @@ def test_backward_compatibility(registry: HokusaiModelRegistry, tracking_uri: st
         return lambda: registry.register_improved_model(model, baseline_id, deltas, contributor)
 
     invalid_calls = [
-        *[
-            (baseline(model_type=t), "model_type must be one of")
-            for t in ("fraud", "Classification", "", None)
-        ],
+        *[(baseline(model_type=t), "model_type must be one of") for t in ("fraud", "Classification", "", None)],
         (baseline(model=None), "model must not be None"),
         (baseline(model=object()), "PythonModel or a scikit-learn estimator, not object"),
         (baseline(metadata=["a"]), "metadata must be a dict"),
@@ -410,7 +395,7 @@ def test_backward_compatibility(registry: HokusaiModelRegistry, tracking_uri: st
                 "hokusai_ranking_baseline",
                 None,
             )
-        ],  # fmt: skip
+        ],
         (improved(deltas={"a": "x"}), "delta_metrics values must be numbers"),
         (improved(deltas={"acc/": 1}), "['acc/']"),
         (improved(deltas={"acc\n": 1}), "['acc\\n']"),
@@ -427,7 +412,7 @@ def test_backward_compatibility(registry: HokusaiModelRegistry, tracking_uri: st
                 None,
                 42,
             )
-        ],  # fmt: skip
+        ],
     ]
     for call, message in invalid_calls:
         with pytest.raises(ValueError) as raised:
@@ -440,9 +425,7 @@ def test_backward_compatibility(registry: HokusaiModelRegistry, tracking_uri: st
     assert baseline["model_id"] == "hokusai_ranking_baseline/1"
     assert baseline["flavors"] == ["python_function"]
     assert baseline["metadata"] == {"source": "legacy"}
-    improved = registry.register_improved_model(
-        ConstantModel(), baseline["model_id"], {"ndcg": 0.04}, CONTRIBUTOR
-    )
+    improved = registry.register_improved_model(ConstantModel(), baseline["model_id"], {"ndcg": 0.04}, CONTRIBUTOR)
     assert improved["model_id"] == "hokusai_ranking_improved/1"
     assert (improved["baseline_id"], improved["contributor"], improved["delta_metrics"]) == (
         baseline["model_id"],
@@ -454,9 +437,7 @@ def test_backward_compatibility(registry: HokusaiModelRegistry, tracking_uri: st
     assert list(loaded.predict(pd.DataFrame({"f0": [1.0, 2.0]}))) == [0.5, 0.5]
 
     sk_baseline = registry.register_baseline(sk_model, "lead_scoring", {"k": 1})
-    sk_improved = registry.register_improved_model(
-        sk_model, sk_baseline["model_id"], {"auc": 1}, OTHER_CONTRIBUTOR
-    )
+    sk_improved = registry.register_improved_model(sk_model, sk_baseline["model_id"], {"auc": 1}, OTHER_CONTRIBUTOR)
     assert sk_improved["flavors"] == ["python_function", "sklearn"]
     assert sk_improved["delta_metrics"] == {"auc": 1.0}
     keyword = registry.register_baseline(model=sk_model, model_type="regression", metadata=None)
@@ -465,9 +446,7 @@ def test_backward_compatibility(registry: HokusaiModelRegistry, tracking_uri: st
 
 
 # ---------------------------------------------------------------------------------- metadata
-def test_long_nested_metadata_round_trip(
-    registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any
-) -> None:
+def test_long_nested_metadata_round_trip(registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any) -> None:
     long_text = "model card. " * 1000 + "end"
     metadata = {
         "description": long_text,
@@ -510,12 +489,8 @@ def test_long_nested_metadata_round_trip(
     assert found is not None
     # Compared as JSON text, so 3 vs 3.0, True vs 1 and "null" vs None all count as differences.
     assert json.dumps(found["metadata"], sort_keys=True) == encoded
-    improved = registry.register_improved_model(
-        sk_model, result["model_id"], {}, CONTRIBUTOR, metadata=metadata
-    )
-    assert (
-        json.dumps(registry.get_model_by_uuid(improved["model_uuid"])["metadata"], sort_keys=True) == encoded
-    )
+    improved = registry.register_improved_model(sk_model, result["model_id"], {}, CONTRIBUTOR, metadata=metadata)
+    assert json.dumps(registry.get_model_by_uuid(improved["model_uuid"])["metadata"], sort_keys=True) == encoded
 
     # Short scalars are params of the LoggedModel (logged with it in one request), for search.
     params = MlflowClient(tracking_uri).get_logged_model(result["model_uuid"]).params
@@ -549,15 +524,9 @@ def test_improved_model_tags_and_contributor_lookup(
     mixed_case = "0x" + "AbCd" * 10
     classification = registry.register_baseline(sk_model, "classification", {})
     regression = registry.register_baseline(sk_model, "regression", {})
-    first = registry.register_improved_model(
-        sk_model, classification["model_id"], {"accuracy": 0.02}, mixed_case
-    )
-    other = registry.register_improved_model(
-        sk_model, classification["model_id"], {"accuracy": 0.01}, CONTRIBUTOR
-    )
-    second = registry.register_improved_model(
-        sk_model, regression["model_id"], {"rmse": -0.5, "mae": -0.1}, mixed_case
-    )
+    first = registry.register_improved_model(sk_model, classification["model_id"], {"accuracy": 0.02}, mixed_case)
+    other = registry.register_improved_model(sk_model, classification["model_id"], {"accuracy": 0.01}, CONTRIBUTOR)
+    second = registry.register_improved_model(sk_model, regression["model_id"], {"rmse": -0.5, "mae": -0.1}, mixed_case)
 
     client = MlflowClient(tracking_uri)
     version = client.get_model_version("hokusai_classification_improved", first["version"])
@@ -586,17 +555,14 @@ def test_improved_model_tags_and_contributor_lookup(
     assert [m["aliases"] for m in registry.get_contributor_models(mixed_case)] == [[], ["production"]]
 
 
-def test_get_model_lineage_and_promotion(
-    registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any
-) -> None:
+def test_get_model_lineage_and_promotion(registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any) -> None:
     baseline = registry.register_baseline(sk_model, "ranking", {})
     one = registry.register_improved_model(sk_model, baseline["model_id"], {"ndcg": 0.1}, CONTRIBUTOR)
     two = registry.register_improved_model(sk_model, baseline["model_id"], {"ndcg": 0.2}, OTHER_CONTRIBUTOR)
 
     lineage = registry.get_model_lineage("hokusai_ranking_improved")
     assert [
-        (v["model_id"], v["model_uuid"], v["baseline_id"], v["contributor"], v["is_baseline"])
-        for v in lineage
+        (v["model_id"], v["model_uuid"], v["baseline_id"], v["contributor"], v["is_baseline"]) for v in lineage
     ] == [
         (one["model_id"], one["model_uuid"], baseline["model_id"], CONTRIBUTOR, False),
         (two["model_id"], two["model_uuid"], baseline["model_id"], OTHER_CONTRIBUTOR, False),
@@ -606,9 +572,9 @@ def test_get_model_lineage_and_promotion(
         one["registration_timestamp"],
         two["registration_timestamp"],
     ]
-    assert [
-        (v["model_id"], v["is_baseline"]) for v in registry.get_model_lineage("hokusai_ranking_baseline")
-    ] == [(baseline["model_id"], True)]
+    assert [(v["model_id"], v["is_baseline"]) for v in registry.get_model_lineage("hokusai_ranking_baseline")] == [
+        (baseline["model_id"], True)
+    ]
     assert registry.get_model_lineage("hokusai_regression_baseline") == []
 
     client = MlflowClient(tracking_uri)
@@ -667,12 +633,8 @@ def test_lineage_tags_from_the_code_paths_repository(
     detached = registry.register_baseline(sk_model, "classification", {}, code_paths=[str(repo / "train.py")])
     run_tags = client.get_run(detached["run_id"]).data.tags
     version_tags = client.get_model_version(detached["model_name"], detached["version"]).tags
-    assert {key: run_tags[key] for key in GIT_RUN_TAGS if key in run_tags} == {
-        "mlflow.source.git.commit": commit
-    }
-    assert {key: version_tags[key] for key in GIT_VERSION_TAGS if key in version_tags} == {
-        "git_commit": commit
-    }
+    assert {key: run_tags[key] for key in GIT_RUN_TAGS if key in run_tags} == {"mlflow.source.git.commit": commit}
+    assert {key: version_tags[key] for key in GIT_VERSION_TAGS if key in version_tags} == {"git_commit": commit}
 
 
 def test_no_lineage_tags_outside_git(
@@ -703,9 +665,7 @@ def test_lineage_ignores_the_git_state_of_the_calling_script(tracking_uri: str, 
     MLflow tags every run with the git state of ``sys.argv[0]``; only a separate process can be a
     script that lives in a repository, so this one runs as a subprocess.
     """
-    script_repo = make_git_repo(
-        tmp_path / "pipeline", branch="main", remote="https://github.com/hokusai/pipeline.git"
-    )
+    script_repo = make_git_repo(tmp_path / "pipeline", branch="main", remote="https://github.com/hokusai/pipeline.git")
     code_repo = make_git_repo(tmp_path / "models", branch="experiment", remote=None)
     loose = tmp_path / "loose" / "features.py"
     loose.parent.mkdir()
@@ -717,7 +677,7 @@ def test_lineage_ignores_the_git_state_of_the_calling_script(tracking_uri: str, 
             import json, sys
             import numpy as np, pandas as pd
             from sklearn.linear_model import LogisticRegression
-            from worker.registry import HokusaiModelRegistry
+            from worker.registration.registry import HokusaiModelRegistry
 
             frame = pd.DataFrame(np.random.default_rng(7).random((20, 3)), columns=["f0", "f1", "f2"])
             model = LogisticRegression().fit(frame, (frame["f0"] > 0.5).astype(int))

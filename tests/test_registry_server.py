@@ -18,7 +18,7 @@ from tests.mlflow_server import (  # noqa: F401 (mlflow_server is a fixture)
     mlflow_server,
     running_mlflow_server,
 )
-from worker.registry import HokusaiModelRegistry
+from worker.registration.registry import HokusaiModelRegistry
 
 pytestmark = pytest.mark.server
 
@@ -26,9 +26,7 @@ CONTRIBUTOR = "0x" + "5EaF" * 10
 
 
 def version_numbers(server: str, name: str) -> list[str]:
-    return sorted(
-        (str(v.version) for v in MlflowClient(server).search_model_versions(f"name = '{name}'")), key=int
-    )
+    return sorted((str(v.version) for v in MlflowClient(server).search_model_versions(f"name = '{name}'")), key=int)
 
 
 def test_register_and_find_through_the_server(
@@ -43,9 +41,7 @@ def test_register_and_find_through_the_server(
 
     baseline = registry.register_baseline(sk_model, "classification", metadata, input_example=example_records)
     assert version_numbers(mlflow_server, "hokusai_classification_baseline") == [baseline["version"]]
-    improved = registry.register_improved_model(
-        sk_model, baseline["model_id"], {"accuracy": 0.05}, CONTRIBUTOR
-    )
+    improved = registry.register_improved_model(sk_model, baseline["model_id"], {"accuracy": 0.05}, CONTRIBUTOR)
     assert version_numbers(mlflow_server, "hokusai_classification_improved") == [improved["version"]]
 
     # Artifacts go through the server (proxied), not to a folder on the client's host.
@@ -53,9 +49,7 @@ def test_register_and_find_through_the_server(
         assert result["artifact_path"].startswith("mlflow-artifacts:/"), result["artifact_path"]
         assert result["model_uri"] == f"models:/{result['model_uuid']}"
         assert result["flavors"] == ["python_function", "sklearn"]
-    model_dir = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=baseline["model_uri"], dst_path=str(tmp_path))
-    )
+    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=baseline["model_uri"], dst_path=str(tmp_path)))
     assert (model_dir / "MLmodel").is_file()
     assert json.loads(baseline["signature"])["inputs"] == json.dumps(
         [{"type": "double", "name": name, "required": True} for name in ("f0", "f1", "f2")]
@@ -102,9 +96,7 @@ def test_repeated_registrations_through_the_server(
     assert len(after) == len(before) + 4
     for result in results:
         assert registry.get_model_by_uuid(result["model_uuid"])["model_id"] == result["model_id"]
-    model_dir = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=results[-1]["model_uri"], dst_path=str(tmp_path))
-    )
+    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=results[-1]["model_uri"], dst_path=str(tmp_path)))
     assert (model_dir / "requirements.txt").read_text().splitlines() == [
         f"mlflow=={mlflow.__version__}",
         f"scikit-learn=={sklearn.__version__}",
@@ -120,8 +112,6 @@ def test_server_context_manager_cleans_up(tmp_path: Path) -> None:
         port = int(url.rsplit(":", 1)[1])
         assert not port_open("127.0.0.1", port)
         with running_mlflow_server(artifacts_dir=tmp_path / "artifacts", backend_uri=backend_uri) as url:
-            assert [m.name for m in MlflowClient(url).search_registered_models()] == [
-                "hokusai_ranking_baseline"
-            ]
+            assert [m.name for m in MlflowClient(url).search_registered_models()] == ["hokusai_ranking_baseline"]
     assert not port_open("127.0.0.1", int(url.rsplit(":", 1)[1]))
     assert not database_exists(backend_uri)

@@ -1,4 +1,4 @@
-"""worker.signing: both signatures, checked with hmac and with the official standardwebhooks package."""
+"""worker.webhooks.signing: both signatures, checked with hmac and with the official standardwebhooks package."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from devtools.receiver import WebhookReceiver
 from hokusai_registry import __version__
 from hokusai_registry.errors import ConfigurationError
-from worker.receiver import WebhookReceiver
-from worker.signing import signature_headers, standard_webhooks_key
+from worker.webhooks.signing import signature_headers, standard_webhooks_key
 
 BODY = b'{"event_type":"model_registered","model":{"id":"xray-7","name":"m","status":"registered","version":"3"}}'
 EVENT_ID = "b5272e64-0db9-5ad6-bdbd-d03ed039900d"

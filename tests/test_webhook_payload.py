@@ -1,4 +1,4 @@
-"""worker.events: the model_registered body, field by field against webhook-contract.md."""
+"""worker.webhooks.event: the model_registered body, field by field against webhook-contract.md."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 
 from hokusai_registry.contract import BenchmarkGate, RegistrationJob
 from hokusai_registry.errors import InvalidInputError, InvalidJobError, SignatureError
-from worker.events import build_event, event_id_for, gate_verdict, skip_reason
-from worker.signatures import signature_to_json
+from worker.registration.signatures import signature_to_json
+from worker.webhooks.event import build_event, event_id_for, gate_verdict, skip_reason
 
 NOW = datetime(2026, 11, 26, 23, 31, 48, 585540, tzinfo=UTC)
 TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
@@ -57,7 +57,7 @@ def make_job(**overrides: Any) -> RegistrationJob:
 
 
 def make_result(**overrides: Any) -> dict[str, Any]:
-    """A registration result as ``worker.registry`` returns it."""
+    """A registration result as ``worker.registration.registry`` returns it."""
     result: dict[str, Any] = {
         "model_id": "hokusai_lead_scoring_baseline/3",
         "model_name": "hokusai_lead_scoring_baseline",

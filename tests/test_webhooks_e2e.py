@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import subprocess
@@ -14,13 +15,13 @@ import pytest
 import redis
 from mlflow.tracking import MlflowClient
 
+from devtools.receiver import ScriptedResponse, WebhookReceiver
 from producers import enqueue_registration
 from producers.enqueue import webhook_task_id
 from tests.conftest import free_port
 from tests.queue_helpers import client_app, job_fields, save_model_dir, wait_result
 from tests.worker_process import ROOT, StackError, WorkerProcess, wait_until
-from worker.event_store import EventStore
-from worker.receiver import ScriptedResponse, WebhookReceiver
+from worker.webhooks.store import EventStore
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def run_job(env: dict[str, str], tmp_path: Path, staging: Path, model: Any, **ov
 
 def request_gaps(received: WebhookReceiver) -> list[float]:
     times = [request.received_at for request in received.requests]
-    return [(later - earlier).total_seconds() for earlier, later in zip(times, times[1:])]
+    return [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
 
 
 def test_registration_sends_one_verified_event_with_the_version(
@@ -134,7 +135,7 @@ def test_receiver_down_for_a_while_then_delivered(
     with WorkerProcess(env, tmp_path) as worker:
         job_id = enqueue_registration(job_fields(save_model_dir(sk_model, staging)))
         registered = wait_result(app, job_id).result
-        from worker.events import event_id_for
+        from worker.webhooks.event import event_id_for
 
         event_id = event_id_for(registered["model_name"], registered["version"], registered["run_id"])
         wait_until(lambda: (r := store.get(event_id)) and r.attempts >= 3, timeout_s=60, what="3 failed attempts")
@@ -157,7 +158,7 @@ def test_exhausted_event_is_dead_lettered_then_replayed_with_the_same_key(
     (dead,) = store.list_dead_letters()
     assert dead.attempts == 2 and dead.last_status_code == 500
 
-    cli = [sys.executable, "-m", "hokusai_registry.cli"]
+    cli = [sys.executable, "-m", "hokusai_app.cli"]
     listed = subprocess.run([*cli, "webhooks", "failed"], env={**os.environ, **env}, cwd=ROOT,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert listed.returncode == 0 and dead.event.event_id in listed.stdout, listed.stderr

@@ -1,6 +1,6 @@
 """Real ``celery -A worker worker`` processes for tests about acks, crashes, retries, redelivery.
 
-The process handling lives in ``hokusai_registry.devstack`` (the demo and benchmarks use it
+The process handling lives in ``devtools.devstack`` (the demo and benchmarks use it
 too); tests add short timings so retries and redelivery happen within a test's patience.
 """
 
@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hokusai_registry import devstack
-from hokusai_registry.devstack import PROJECT_ROOT as ROOT
-from hokusai_registry.devstack import StackError, wait_until
+from devtools import devstack
+from devtools.devstack import PROJECT_ROOT as ROOT
+from devtools.devstack import StackError, wait_until
 
 __all__ = ["FAST_TIMINGS", "ROOT", "StackError", "WorkerProcess", "wait_until"]
 

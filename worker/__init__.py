@@ -1,6 +1,6 @@
 """The registration worker: ``celery -A worker worker`` starts it.
 
-``worker.registry.HokusaiModelRegistry`` is the in-process registry that training code calls
+``worker.registration.registry.HokusaiModelRegistry`` is the in-process registry that training code calls
 directly and that every worker task calls. Attributes are loaded on first use so that
 ``import worker`` stays cheap.
 """
@@ -18,7 +18,7 @@ def __getattr__(name: str) -> Any:
 
         return app
     if name == "HokusaiModelRegistry":
-        from worker.registry import HokusaiModelRegistry
+        from worker.registration.registry import HokusaiModelRegistry
 
         return HokusaiModelRegistry
     raise AttributeError(f"module 'worker' has no attribute {name!r}")

@@ -25,7 +25,7 @@ class StartupChecks(bootsteps.Step):
     """Refuse to start a worker whose settings cannot work (e.g. webhooks with no secret)."""
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
-        from worker.delivery import check_webhook_config
+        from worker.webhooks.delivery import check_webhook_config
 
         check_webhook_config(get_settings())
         super().__init__(parent, **kwargs)
@@ -74,7 +74,7 @@ def _configure_logging(**_: Any) -> None:
 @signals.worker_process_init.connect
 def _warm_up(**_: Any) -> None:
     """Open this pool process's MLflow store now, so the first job does not pay for it."""
-    from worker.resources import get_registry
+    from worker.clients import get_registry
 
     try:
         get_registry().experiment_id()

@@ -23,13 +23,15 @@ from hokusai_registry.errors import (
     RetryableError,
 )
 from hokusai_registry.settings import Settings, get_settings
-from producers.validation import validate_job
-from worker import backoff, delivery, events
+from hokusai_registry.validation import validate_job
 from worker.celery_app import app
-from worker.registration import job_of_result, register_job
-from worker.resources import get_event_store, get_http_client, get_redis, get_registry
+from worker.clients import get_event_store, get_http_client, get_redis, get_registry
+from worker.registration.job import job_of_result, register_job
+from worker.webhooks import backoff, delivery
+from worker.webhooks import event as events
 
 logger = logging.getLogger(__name__)
+
 
 @contextmanager
 def job_lock(job_id: str, settings: Settings) -> Iterator[None]:
@@ -130,9 +132,7 @@ def deliver_webhook(self: Task, event_id: str) -> dict[str, Any]:
 
 def _send_event(task: Task, event_id: str) -> dict[str, Any]:
     log.bind(event_id=event_id)
-    outcome = delivery.send_stored_event(
-        get_event_store(), event_id, settings=get_settings(), client=get_http_client()
-    )
+    outcome = delivery.send_stored_event(get_event_store(), event_id, settings=get_settings(), client=get_http_client())
     if outcome.status == "retry":
         assert outcome.countdown_s is not None
         logger.warning("webhook attempt %d failed (%s); retrying in %.1fs", outcome.attempt, outcome.reason,

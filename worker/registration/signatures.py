@@ -114,9 +114,12 @@ def _widen_to_schema(frame: Any, schema: Any) -> Any:
             widened[name] = column.astype("float64" if type_name == "double" else "float32")
         elif type_name == "long" and is_integer_dtype(column.dtype):
             widened[name] = column.astype("int64")
-        elif type_name == "integer" and column.dtype == np.int64:
-            if column.between(np.iinfo(np.int32).min, np.iinfo(np.int32).max).all():
-                widened[name] = column.astype("int32")
+        elif (
+            type_name == "integer"
+            and column.dtype == np.int64
+            and column.between(np.iinfo(np.int32).min, np.iinfo(np.int32).max).all()
+        ):
+            widened[name] = column.astype("int32")
     return widened
 
 

@@ -129,7 +129,7 @@ class WorkerProcess:
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready_timeout_s: float = 90) -> "WorkerProcess":
+    def start(self, ready_timeout_s: float = 90) -> WorkerProcess:
         """Start the worker and wait until it says it is ready; raise ``StackError`` if it exits."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -161,7 +161,7 @@ class WorkerProcess:
         if self.process is not None:
             stop_process_group(self.process, timeout_s=timeout_s)
 
-    def __enter__(self) -> "WorkerProcess":
+    def __enter__(self) -> WorkerProcess:
         return self.start()
 
     def __exit__(self, *_: object) -> None:

@@ -29,7 +29,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 import redis
 
 from hokusai_registry.errors import BrokerUnavailableError, InvalidInputError
-from worker.events import WebhookEvent
+from worker.webhooks.event import WebhookEvent
 
 logger = logging.getLogger(__name__)
 

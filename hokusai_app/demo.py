@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from hokusai_registry import devstack
+from devtools import devstack
 from hokusai_registry.settings import Settings
 
 PIPELINE = devstack.PROJECT_ROOT / "examples" / "train_pipeline.py"
@@ -28,8 +28,8 @@ PIPELINE = devstack.PROJECT_ROOT / "examples" / "train_pipeline.py"
 
 def run_demo(settings: Settings, *, timeout_s: float = 180) -> dict[str, Any]:
     """Run one registration through the whole stack; return what it printed as a dict."""
+    from devtools.receiver import WebhookReceiver
     from producers import wait_for_job
-    from worker.receiver import WebhookReceiver
 
     home = settings.hokusai_home.resolve()
     logs = home / "logs"

@@ -32,10 +32,10 @@ from hokusai_registry.errors import (
     WebhookRejectedError,
 )
 from hokusai_registry.settings import Settings
-from worker.backoff import parse_retry_after, retry_delay
-from worker.event_store import EventRecord, EventStore
-from worker.events import WebhookEvent
-from worker.signing import signature_headers, standard_webhooks_key
+from worker.webhooks.backoff import parse_retry_after, retry_delay
+from worker.webhooks.event import WebhookEvent
+from worker.webhooks.signing import signature_headers, standard_webhooks_key
+from worker.webhooks.store import EventRecord, EventStore
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def deliver_and_record(
 ) -> DeliveryResult:
     """Attempt a stored event at ``WEBHOOK_URL``; record the attempt; mark it delivered on 2xx.
 
-    Shared by :func:`send_stored_event` and ``worker.replay``. Raises what :func:`deliver`
+    Shared by :func:`send_stored_event` and ``worker.webhooks.replay``. Raises what :func:`deliver`
     raises, after recording the failed attempt.
     """
     if settings.webhook_url is None:
@@ -219,7 +219,7 @@ def send_stored_event(
 ) -> SendOutcome:
     """One attempt of a stored, pending event, and the decision that follows it.
 
-    Retryable failures retry after :func:`worker.backoff.retry_delay` (never before the server's
+    Retryable failures retry after :func:`worker.webhooks.backoff.retry_delay` (never before the server's
     ``Retry-After``): as a countdown when it is at most ``WEBHOOK_BACKOFF_MAX_S`` (which settings
     keep below the visibility timeout), else through the durable schedule (``store.defer``).
     After ``WEBHOOK_MAX_ATTEMPTS`` attempts, on a permanent rejection, or when the ``WEBHOOK_*``

@@ -63,7 +63,7 @@ def check_mlflow(settings: Settings) -> Check:
 
 
 def check_webhooks(settings: Settings) -> Check:
-    from worker.delivery import check_webhook_config
+    from worker.webhooks.delivery import check_webhook_config
 
     if settings.webhook_url is None:
         return Check("webhooks", "warn", "WEBHOOK_URL is not set: events are kept as dead letters, not sent",
@@ -90,14 +90,16 @@ def check_workers(settings: Settings) -> Check:
     if not replies:
         return Check("workers", "warn", "no worker answered: jobs wait in the queue until one starts",
                      "start one with `celery -A worker worker`")  # fmt: skip
-    return Check("workers", "ok", f"{len(replies)} worker(s) answered: {', '.join(sorted(k for r in replies for k in r))}")
+    return Check(
+        "workers", "ok", f"{len(replies)} worker(s) answered: {', '.join(sorted(k for r in replies for k in r))}"
+    )
 
 
 def check_backlog(settings: Settings) -> Check:
     import redis
 
     from hokusai_registry import failed_jobs
-    from worker.event_store import EventStore
+    from worker.webhooks.store import EventStore
 
     try:
         client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)

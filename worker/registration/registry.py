@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 
 from hokusai_registry.errors import InvalidInputError, RegistryUnavailableError
 from hokusai_registry.settings import Settings, get_settings
-from worker import lineage, model_inputs, signatures
-from worker.mlflow_errors import mlflow_boundary
+from worker.registration import lineage, model_inputs, signatures
+from worker.registration.mlflow_errors import mlflow_boundary
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class HokusaiModelRegistry:
         self._activate()
         uuid = tags.get(TAG_MODEL_UUID) or _model_id_from_source(version.source)
         with mlflow_boundary(f"reading model {version.name}/{version.version}"):
-            info = mlflow.models.get_model_info(f"models:/{uuid}" if uuid else version.source)
+            info = mlflow.models.get_model_info(f"models:/{uuid}" if uuid else str(version.source))
         result = self._result(
             info,
             version,
@@ -413,7 +413,7 @@ class HokusaiModelRegistry:
             return uuid
         try:
             with mlflow_boundary(f"reading model {version.name}/{version.version}"):
-                return mlflow.models.get_model_info(version.source).model_uuid
+                return mlflow.models.get_model_info(str(version.source)).model_uuid
         except RegistryUnavailableError:
             raise
         except Exception as exc:  # a bad MLmodel or a missing artifact plugin: report it, keep going

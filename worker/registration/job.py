@@ -19,12 +19,12 @@ from typing import Any
 import mlflow
 from mlflow.entities import LoggedModelStatus
 
-from hokusai_registry.contract import RegistrationJob
+from hokusai_registry.contract import RegistrationJob, parse_baseline_id
 from hokusai_registry.errors import SignatureError
 from hokusai_registry.settings import Settings
-from worker import artifacts, model_inputs, signatures
-from worker.mlflow_errors import mlflow_boundary
-from worker.registry import TAG_JOB_ID, HokusaiModelRegistry
+from worker.registration import artifacts, signatures
+from worker.registration.mlflow_errors import mlflow_boundary
+from worker.registration.registry import TAG_JOB_ID, HokusaiModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def register_job(job: RegistrationJob, registry: HokusaiModelRegistry, settings:
 
     artifacts.check_artifact_uri(job.artifact_uri, settings)
     name, model_type, version_tags = _naming(job, registry)
-    target = {
+    target: dict[str, Any] = {
         "model_name": name,
         "model_type": model_type,
         "is_baseline": job.kind == "baseline",
@@ -96,9 +96,9 @@ def _naming(job: RegistrationJob, registry: HokusaiModelRegistry) -> tuple[str, 
     if job.kind == "baseline":
         return f"hokusai_{job.model_type}_baseline", job.model_type, tags
     assert job.baseline_id is not None and job.contributor is not None
-    model_type = model_inputs.model_type_of_baseline(job.baseline_id)
+    baseline = parse_baseline_id(job.baseline_id)  # validate_job checked the model type against it
     tags.update(contributor=job.contributor.lower(), baseline_model_id=job.baseline_id)
-    return f"hokusai_{model_type}_improved", model_type, tags
+    return baseline.improved_name, job.model_type, tags
 
 
 def _effective_signature(job: RegistrationJob, config: Any) -> Any:

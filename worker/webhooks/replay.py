@@ -16,8 +16,8 @@ import httpx
 
 from hokusai_registry.errors import WebhookDeliveryError, WebhookRejectedError
 from hokusai_registry.settings import Settings
-from worker.delivery import deliver_and_record
-from worker.event_store import EventStore
+from worker.webhooks.delivery import deliver_and_record
+from worker.webhooks.store import EventStore
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from hokusai_registry.contract import RegistrationJob
 from hokusai_registry.errors import InvalidInputError, InvalidJobError
-from worker.signatures import api_schema, parse_signature
+from worker.registration.signatures import api_schema, parse_signature
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def skip_reason(job: RegistrationJob) -> str | None:
 
 
 def build_event(result: Mapping[str, Any], job: RegistrationJob, *, now: datetime | None = None) -> WebhookEvent:
-    """Build the ``model_registered`` event of a registration ``result`` (see ``worker.registry``).
+    """Build the ``model_registered`` event of a registration ``result`` (see ``worker.registration.registry``).
 
     ``now`` fixes the body's ``timestamp`` (default: the current UTC time).
 

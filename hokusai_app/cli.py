@@ -152,8 +152,14 @@ def _job_fields(file: IO[str] | None, flags: dict[str, Any]) -> dict[str, Any]:
 @click.option("--benchmark-spec-id")
 @click.option("--benchmark", help="JSON: {metric_name, baseline_value, current_value, higher_is_better}.")
 @click.option("--wait", is_flag=True, help="Block until the registration finished; print its status JSON.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=600.0, show_default=True,
-              help="Seconds to wait with --wait.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    show_default=True,
+    help="Seconds to wait with --wait.",
+)
 def enqueue(file: IO[str] | None, wait: bool, timeout_s: float, **flags: Any) -> None:
     """Enqueue a registration job from flags and/or --file (flags override the file).
 
@@ -218,7 +224,7 @@ def jobs_failed(since: datetime | None) -> None:
 @click.option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the embedded store).")
 def backfill_uuids(dry_run: bool, tracking_uri: str | None) -> None:
     """Tag model versions registered without a model_uuid tag (safe to run twice)."""
-    from worker.registry import HokusaiModelRegistry
+    from worker.registration.registry import HokusaiModelRegistry
 
     registry = HokusaiModelRegistry(tracking_uri, settings=_settings())
     total = registry.count_versions()
@@ -236,7 +242,7 @@ def backfill_uuids(dry_run: bool, tracking_uri: str | None) -> None:
 def _event_store() -> Any:
     import redis
 
-    from worker.event_store import EventStore
+    from worker.webhooks.store import EventStore
 
     return EventStore(redis.Redis.from_url(_settings().redis_url))
 
@@ -274,15 +280,13 @@ def webhooks_replay(event_ids: tuple[str, ...], replay_all: bool, since: datetim
 
     Exits 1 when any event still could not be delivered (it stays a dead letter).
     """
-    from worker.replay import replay_dead_letters
+    from worker.webhooks.replay import replay_dead_letters
 
     if bool(event_ids) == replay_all:
         raise click.UsageError("name EVENT_IDS or pass --all, not both")
     if since is not None and not replay_all:
         raise click.UsageError("--since goes with --all")
-    report = replay_dead_letters(
-        _event_store(), settings=_settings(), event_ids=event_ids or None, since=since
-    )
+    report = replay_dead_letters(_event_store(), settings=_settings(), event_ids=event_ids or None, since=since)
     _echo_json({"delivered": report.delivered, "failed": report.failed})
     _note(f"{len(report.delivered)} delivered, {len(report.failed)} still undelivered")
     if report.failed:
@@ -297,7 +301,7 @@ def doctor(as_json: bool) -> None:
 
     Exits 1 when any check fails (warnings do not).
     """
-    from worker.doctor import run_checks
+    from hokusai_app.doctor import run_checks
 
     checks = run_checks(_settings())
     if as_json:
@@ -321,7 +325,7 @@ def demo() -> None:
     lets a real worker register it in a local MLflow store, and prints the ModelInfo, the
     ModelVersion and the signed webhook a local receiver verified. Stops what it started.
     """
-    from hokusai_registry.demo import print_report, run_demo
+    from hokusai_app.demo import print_report, run_demo
 
     print_report(run_demo(_settings()))
 

@@ -9,8 +9,8 @@ import httpx
 import redis
 
 from hokusai_registry.settings import get_settings
-from worker.event_store import EventStore
-from worker.registry import HokusaiModelRegistry
+from worker.registration.registry import HokusaiModelRegistry
+from worker.webhooks.store import EventStore
 
 _registry: HokusaiModelRegistry | None = None
 _redis: redis.Redis | None = None

@@ -1,7 +1,7 @@
 """A small sample webhook receiver: verifies both signatures, deduplicates, records everything.
 
 Used in-process by the tests and the demo (:class:`WebhookReceiver`), and as the docker-compose
-``receiver`` service (``python -m worker.receiver --host 0.0.0.0 --port 8787``, secret from
+``receiver`` service (``python -m devtools.receiver --host 0.0.0.0 --port 8787``, secret from
 ``WEBHOOK_SECRET``). It answers 401 to a bad signature, 200 to a repeated idempotency key, and
 otherwise what it was scripted to answer (default 200), optionally after a delay.
 

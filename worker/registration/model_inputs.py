@@ -13,12 +13,16 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hokusai_registry.contract import CONTRIBUTOR_RE, MODEL_TYPES
+from hokusai_registry.contract import (
+    CONTRIBUTOR_RE,
+    MODEL_NAME_RE,
+    MODEL_TYPES,
+    MODEL_UUID_RE,
+    parse_baseline_id,
+)
 from hokusai_registry.errors import InvalidInputError
 
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,256}$")
-MODEL_UUID_RE = re.compile(r"^(m-[0-9a-f]{32}|[0-9a-f]{32})$")
-BASELINE_ID_RE = re.compile(r"^hokusai_(?P<type>[a-z_]+)_baseline/(?P<version>[1-9][0-9]*)$")
+__all__ = ["MODEL_NAME_RE", "MODEL_UUID_RE"]  # re-exported for the registry's lookups
 _PARAM_KEY_RE = re.compile(r"^[A-Za-z0-9_\-. /]{1,200}$")
 _METRIC_KEY_RE = re.compile(r"^[A-Za-z0-9_\-. /:]{1,250}$")
 _MAX_PARAM_VALUE_CHARS = 250
@@ -28,14 +32,19 @@ def check_contributor(address: Any) -> None:
     if not isinstance(address, str) or not CONTRIBUTOR_RE.fullmatch(address):
         raise InvalidInputError(f"contributor must be 0x followed by 40 hex characters, got {address!r}")
 
+
 def model_type_of_baseline(baseline_id: Any) -> str:
     """The model type a baseline id ``hokusai_{type}_baseline/{version}`` names."""
-    match = BASELINE_ID_RE.fullmatch(baseline_id) if isinstance(baseline_id, str) else None
-    if match is None or match["type"] not in MODEL_TYPES:
+    try:
+        ref = parse_baseline_id(baseline_id)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from exc
+    if ref.model_type is None:
         raise InvalidInputError(
             f"baseline_id must look like 'hokusai_<model_type>_baseline/<version>', got {baseline_id!r}"
         )
-    return match["type"]
+    return ref.model_type
+
 
 def check_metadata(metadata: Mapping[str, Any] | None, max_bytes: int) -> dict[str, Any]:
     """A JSON-serialisable copy of ``metadata`` within the size cap."""
@@ -48,19 +57,19 @@ def check_metadata(metadata: Mapping[str, Any] | None, max_bytes: int) -> dict[s
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}") from exc
     if len(encoded.encode()) > max_bytes:
-        raise InvalidInputError(
-            f"metadata is {len(encoded.encode())} bytes as JSON; MAX_METADATA_BYTES is "
-            f"{max_bytes}"
-        )
+        raise InvalidInputError(f"metadata is {len(encoded.encode())} bytes as JSON; MAX_METADATA_BYTES is {max_bytes}")
     return json.loads(encoded)
+
 
 def check_model(model: Any) -> None:
     if model is None:
         raise InvalidInputError("model must not be None")
 
+
 def check_model_type(model_type: Any) -> None:
     if model_type not in MODEL_TYPES:
         raise InvalidInputError(f"model_type must be one of {', '.join(MODEL_TYPES)}; got {model_type!r}")
+
 
 def check_delta_metrics(delta_metrics: Any) -> dict[str, float]:
     if not isinstance(delta_metrics, Mapping):
