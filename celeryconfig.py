@@ -9,6 +9,7 @@ from __future__ import annotations
 from kombu import Queue
 
 from hokusai_registry.contract import (
+    CELERY_WIRE_SETTINGS,
     DELIVER_WEBHOOK_TASK,
     REGISTER_TASK,
     REGISTRATION_QUEUE,
@@ -23,11 +24,9 @@ broker_url = _settings.redis_url
 result_backend = _settings.redis_url
 broker_connection_retry_on_startup = True
 
-# JSON only: a pickle message from an open broker is remote code execution.
-accept_content = ["json"]
-task_serializer = "json"
-result_serializer = "json"
-event_serializer = "json"
+# JSON only: a pickle message from an open broker is remote code execution. The same settings as
+# the producers' (accept_content, task/result/event serializers), defined once in the contract.
+globals().update(CELERY_WIRE_SETTINGS)
 
 # Delivery: ack after the task returns, requeue when the process running it dies, one message at a time.
 task_acks_late = True

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools import devstack
+from devtools.builders import baseline_fields
 
 #: Our own Redis database (other engineers use 14 and 15); only this one is ever flushed.
 DEFAULT_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -127,16 +128,8 @@ def stage_model(model: Any, staging: Path, requirements: list[str]) -> Path:
 
 
 def job_fields(model_dir: Path, **overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "kind": "baseline",
-        "model_type": "classification",
-        "artifact_uri": str(model_dir),
-        "metadata": dict(METADATA),
-        "token_id": "BENCH",
-        "tags": {"user_id": "u-bench"},
-    }
-    fields.update(overrides)
-    return fields
+    defaults = {"metadata": dict(METADATA), "token_id": "BENCH", "tags": {"user_id": "u-bench"}}
+    return baseline_fields(model_dir, **{**defaults, **overrides})
 
 
 # ---------------------------------------------------------------------------- Redis
@@ -284,10 +277,11 @@ def worker_env(store: Store, redis_url: str, receiver_url: str, staging: Path, *
     }
 
 
-def producer_settings(redis_url: str, home: Path) -> Any:
+def producer_settings(redis_url: str, home: Path, staging: Path) -> Any:
+    """The pipeline's settings: the same Redis and artifact roots as the workers (validate_job checks them)."""
     from hokusai_registry.settings import Settings
 
-    return Settings(redis_url=redis_url, hokusai_home=home)
+    return Settings(redis_url=redis_url, hokusai_home=home, allowed_artifact_roots=str(staging))
 
 
 def _children(pid: int) -> list[int]:

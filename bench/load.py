@@ -110,7 +110,7 @@ def run_load(args: argparse.Namespace) -> dict[str, Any]:
             staging = work / "staging"
             staging.mkdir(parents=True)
             model_dir = common.stage_model(common.make_model(), staging, common.explicit_requirements())
-            settings = common.producer_settings(args.redis_url, work / "producer")
+            settings = common.producer_settings(args.redis_url, work / "producer", staging)
             env = common.worker_env(store, args.redis_url, receiver.url, staging)
             workers = [devstack.WorkerProcess(env, work / "logs", concurrency=1) for _ in range(args.workers)]
             common.start_workers(workers)

@@ -75,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from hokusai_registry.settings import Settings
     from worker.registration import lineage, model_inputs
+    from worker.registration import registry as registry_module
     from worker.registration.registry import HokusaiModelRegistry
 
-    timed(model_inputs, "flavor_for", "registry: flavor_for")
+    timed(registry_module, "flavor_for", "registry: flavor_for")
     timed(lineage, "git_lineage", "registry: git_lineage (remembered per repository state)")
     timed(model_inputs, "check_metadata", "registry: check_metadata")
     timed(HokusaiModelRegistry, "experiment_id", "registry: experiment_id")

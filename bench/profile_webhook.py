@@ -16,7 +16,6 @@ import argparse
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 
 from bench import common
 
@@ -28,10 +27,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import httpx
 
+    from devtools import builders
     from devtools.receiver import WebhookReceiver
     from hokusai_registry.settings import Settings
     from worker.webhooks import delivery
-    from worker.webhooks.event import WebhookEvent
 
     times: dict[str, list[float]] = {"deliver, new client per attempt (today)": [],
                                      "deliver, shared client": [], "httpx.Client() create + close": []}  # fmt: skip
@@ -40,9 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         secret = delivery.webhook_secret(settings)
         shared = httpx.Client()
         for rep in range(args.reps + 1):
-            event = WebhookEvent(f"00000000-0000-0000-0000-{rep:012d}", b'{"event_type":"model_registered"}',
-                                 datetime.now(UTC), "m", str(rep), "j")  # fmt: skip
-            event2 = WebhookEvent(f"10000000-0000-0000-0000-{rep:012d}", event.body, event.created_at, "m", "x", "j")
+            event = builders.event(str(rep + 1))  # two distinct events a round (ids differ by version)
+            event2 = builders.event(str(rep + 1_000_001))
             start = time.perf_counter()
             delivery.deliver(event, url=receiver.url, secret=secret, settings=settings)
             own = time.perf_counter() - start

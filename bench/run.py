@@ -118,7 +118,7 @@ class QueueBench:
         self.store = store
         self.model_dir = model_dir
         self.receiver = receiver
-        self.settings = common.producer_settings(redis_url, store.work / "producer")
+        self.settings = common.producer_settings(redis_url, store.work / "producer", staging)
         self.queues = (REGISTRATION_QUEUE, WEBHOOK_QUEUE)
         env = common.worker_env(store, redis_url, receiver.url, staging)
         self.workers = [devstack.WorkerProcess(env, store.work / "logs", concurrency=1) for _ in range(2)]

@@ -325,9 +325,30 @@ def demo() -> None:
     lets a real worker register it in a local MLflow store, and prints the ModelInfo, the
     ModelVersion and the signed webhook a local receiver verified. Stops what it started.
     """
+    _use_checkout()
     from hokusai_app.demo import print_report, run_demo
 
     print_report(run_demo(_settings()))
+
+
+def _use_checkout() -> None:
+    """Make the checkout's development tooling importable (the demo needs devtools/ and examples/).
+
+    They are not in the installed package: the demo runs from a clone of the repository.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    candidates = [Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parents[1]]
+    for root in candidates:
+        if (root / "devtools" / "devstack.py").is_file() and (root / "examples" / "train_pipeline.py").is_file():
+            if importlib.util.find_spec("devtools") is None:
+                sys.path.insert(0, str(root))
+            return
+    raise ConfigurationError(
+        "hokusai-registry demo runs from a checkout of the repository (it uses devtools/ and examples/, which "
+        "the installed package does not ship): clone it and run ./scripts/demo.sh from there"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from hokusai_registry.contract import CELERY_WIRE_SETTINGS
 from hokusai_registry.errors import ConfigurationError
 from hokusai_registry.settings import Settings
 
@@ -80,7 +81,7 @@ def check_workers(settings: Settings) -> Check:
     from celery import Celery
 
     app = Celery(broker=settings.redis_url)
-    app.conf.update(accept_content=["json"], task_serializer="json", result_serializer="json")
+    app.conf.update(CELERY_WIRE_SETTINGS)
     try:
         replies = app.control.ping(timeout=2.0)
     except Exception as exc:  # broker errors surface in the redis check

@@ -9,11 +9,15 @@ pydantic and the standard library, so the producer side never pulls in mlflow or
 from __future__ import annotations
 
 import json
+import posixpath
 import re
+from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from hokusai_registry.settings import get_settings
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -41,11 +45,18 @@ def job_id_of_task(task_id: str) -> str:
 REGISTRATION_QUEUE = "hokusai.registrations"
 WEBHOOK_QUEUE = "hokusai.webhooks"
 
+#: Celery's serialisation settings, the same for producers and workers: JSON only (a pickle message
+#: from an open broker is remote code execution).
+CELERY_WIRE_SETTINGS: dict[str, Any] = {
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "event_serializer": "json",
+    "accept_content": ["json"],
+    "result_accept_content": ["json"],
+}
+
 MODEL_TYPES = ("lead_scoring", "classification", "regression", "ranking")
 ModelType = Literal["lead_scoring", "classification", "regression", "ranking"]
-
-#: Default cap on a job's metadata, serialised as JSON (the worker's setting may lower it).
-MAX_METADATA_BYTES = 1_000_000
 
 # Id patterns: the one definition of each. Values that reach MLflow filter strings are matched in
 # full against these first (MLflow filters have no escaping).
@@ -57,6 +68,36 @@ MODEL_UUID_RE = re.compile(r"^(m-[0-9a-f]{32}|[0-9a-f]{32})$")
 BASELINE_ID_RE = re.compile(r"^(?P<stem>[A-Za-z0-9_.\-]{1,240})_baseline/(?P<version>[1-9][0-9]{0,17})$")
 TOKEN_ID_RE = re.compile(r"^[a-z0-9-]+$")
 GIT_COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
+
+_METRIC_NAME_RE = re.compile(r"^[A-Za-z0-9_\-. /:]{1,250}$")
+METRIC_NAME_HINT = (
+    "metric names may hold only letters, digits, '_', '-', '.', ' ', ':', '/' and must not start with '/' or "
+    "'..', end with '/' or contain '//'"
+)
+
+
+def is_plain_path(key: str) -> bool:
+    """MLflow refuses param and metric keys that normalise to another path (``a/``, ``/a``, ``a//b``)."""
+    norm = posixpath.normpath(key)
+    return norm == key and norm != "." and not norm.startswith(("..", "/"))
+
+
+def is_metric_name(name: str) -> bool:
+    """True for a name MLflow accepts as a metric key (checked before any run starts)."""
+    return bool(_METRIC_NAME_RE.fullmatch(name)) and is_plain_path(name)
+
+
+def encoded_metadata(metadata: Mapping[str, Any], max_bytes: int) -> str:
+    """``metadata`` as JSON, or ValueError when it is not JSON or larger than ``max_bytes`` (MAX_METADATA_BYTES)."""
+    try:
+        encoded = json.dumps(dict(metadata), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"must be a JSON object ({exc})") from exc
+    size = len(encoded.encode())
+    if size > max_bytes:
+        raise ValueError(f"is {size} bytes as JSON; the limit is {max_bytes} (MAX_METADATA_BYTES)")
+    return encoded
+
 
 BASELINE_ID_HINT = "must look like '<name>_baseline/<version>', e.g. 'hokusai_lead_scoring_baseline/3'"
 
@@ -146,7 +187,9 @@ class RegistrationJob(BaseModel):
     git: GitInfo | None = None
 
     # improved models
-    baseline_id: str | None = Field(default=None, description="Baseline model id 'name/version'.")
+    baseline_id: str | None = Field(
+        default=None, description="Baseline model id '<name>_baseline/<version>'; improvements go to '<name>_improved'."
+    )
     delta_metrics: dict[str, float] | None = None
     contributor: str | None = Field(default=None, description="0x + 40 hex wallet address.")
 
@@ -161,13 +204,18 @@ class RegistrationJob(BaseModel):
 
     @field_validator("metadata")
     @classmethod
-    def _check_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
-        try:
-            encoded = json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"must be a JSON object ({exc})") from exc
-        if len(encoded.encode()) > MAX_METADATA_BYTES:
-            raise ValueError(f"is {len(encoded.encode())} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
+    def _check_metadata(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        context = info.context if isinstance(info.context, Mapping) else {}
+        max_bytes = context.get("max_metadata_bytes") or get_settings().max_metadata_bytes
+        encoded_metadata(value, max_bytes)
+        return value
+
+    @field_validator("delta_metrics")
+    @classmethod
+    def _check_delta_metrics(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        bad = [name for name in value or {} if not is_metric_name(name)]
+        if bad:
+            raise ValueError(f"{METRIC_NAME_HINT}: {bad}")
         return value
 
     @field_validator("signature")
@@ -233,6 +281,12 @@ class RegistrationJob(BaseModel):
             missing = [name for name, val in improved_fields.items() if val is None]
             if missing:
                 raise ValueError(f"an improved job needs {', '.join(missing)}")
+            implied = parse_baseline_id(self.baseline_id).model_type
+            if implied is not None and implied != self.model_type:
+                raise ValueError(
+                    f"model_type: {self.model_type!r} does not match baseline_id {self.baseline_id!r}, "
+                    f"which is a {implied!r} model"
+                )
         else:
             present = [name for name, val in improved_fields.items() if val is not None]
             if present:

@@ -4,9 +4,9 @@
     ├── PermanentError              do not retry: the same input fails the same way
     │   ├── InvalidInputError       (also a ValueError) bad arguments or job fields
     │   │   ├── InvalidJobError         a registration job that breaks the contract
-    │   │   ├── SignatureError          malformed signature, or an example that does not match it
-    │   │   ├── ArtifactRejectedError   artifact URI outside the allow-list, or `..` traversal
-    │   │   └── ArtifactNotFoundError   the URI is allowed but holds no MLflow model
+    │   │   │   ├── ArtifactRejectedError   artifact URI outside the allow-list, or `..` traversal
+    │   │   │   └── ArtifactNotFoundError   the URI is allowed but holds no MLflow model
+    │   │   └── SignatureError          malformed signature, or an example that does not match it
     │   ├── ConfigurationError      a setting that cannot work (missing secret, bad URL)
     │   └── WebhookRejectedError    the endpoint answered a 3xx or 4xx that will not get better
     │       └── WebhookEndpointGoneError    410 Gone: the endpoint was removed
@@ -54,11 +54,11 @@ class SignatureError(InvalidInputError):
     """A malformed model signature, or an input example that does not match it."""
 
 
-class ArtifactRejectedError(InvalidInputError):
+class ArtifactRejectedError(InvalidJobError):
     """An artifact URI whose scheme or local root is not on the allow-list."""
 
 
-class ArtifactNotFoundError(InvalidInputError):
+class ArtifactNotFoundError(InvalidJobError):
     """An allowed artifact URI with no MLflow model (no ``MLmodel`` file) behind it."""
 
 

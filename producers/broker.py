@@ -21,6 +21,7 @@ import redis.exceptions
 from celery import Celery
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_exponential_jitter
 
+from hokusai_registry.contract import CELERY_WIRE_SETTINGS
 from hokusai_registry.errors import BrokerUnavailableError, ConfigurationError
 
 T = TypeVar("T")
@@ -30,10 +31,7 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 3.0
 
 _JSON_ONLY: dict[str, Any] = {
-    "task_serializer": "json",
-    "result_serializer": "json",
-    "accept_content": ["json"],
-    "result_accept_content": ["json"],
+    **CELERY_WIRE_SETTINGS,  # JSON only, as the worker
     "task_send_sent_event": True,  # Flower sees the task as SENT
     "task_publish_retry": False,  # tenacity is the one retry layer
     "broker_connection_timeout": CONNECT_TIMEOUT_S,

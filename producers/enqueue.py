@@ -63,7 +63,7 @@ def enqueue_registration(
     twice under the same job id, which the worker treats as one registration.
     """
     settings = settings or get_settings()
-    job = validate_job(job_or_fields)
+    job = validate_job(job_or_fields, settings)
     job_id = str(job.job_id)
     app = publisher_app(settings.redis_url)
     payload = job.model_dump(mode="json")

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-from hokusai_registry.errors import BrokerUnavailableError, ConfigurationError, InvalidInputError, InvalidJobError
+from hokusai_registry.artifact_uri import check_artifact_uri
+from hokusai_registry.errors import BrokerUnavailableError, ConfigurationError, InvalidJobError
+from hokusai_registry.flavors import flavor_for
 from hokusai_registry.settings import Settings, get_settings
 from hokusai_registry.validation import validate_job
 from producers.enqueue import enqueue_registration
@@ -54,7 +56,7 @@ def save_and_enqueue(
         BrokerUnavailableError: the model was saved but Redis stayed unreachable (the message
             gives the folder, to enqueue it again with the same job id).
     """
-    mlflow_pyfunc = _import_mlflow()
+    _require_mlflow()
     if "artifact_uri" in job_fields:
         raise InvalidJobError(
             "invalid registration job: artifact_uri: is set by save_and_enqueue to the saved model's folder; "
@@ -62,16 +64,19 @@ def save_and_enqueue(
         )
     settings = settings or get_settings()
     root = Path(staging_dir).expanduser().resolve() if staging_dir is not None else settings.staging_dir
-    draft = validate_job({**job_fields, "artifact_uri": str(root / "pending")})
+    # The artifact rules run when the saved folder exists (enqueue_registration validates again).
+    draft = validate_job({**job_fields, "artifact_uri": str(root / "pending")}, settings, check_artifact=False)
     target = root / str(draft.job_id)
-    job = validate_job({**job_fields, "job_id": str(draft.job_id), "artifact_uri": str(target)})
+    fields = {**job_fields, "job_id": str(draft.job_id), "artifact_uri": str(target)}
+    job = validate_job(fields, settings, check_artifact=False)
+    check_artifact_uri(str(target), settings)  # refuse a staging folder outside ALLOWED_ARTIFACT_ROOTS now
     if target.exists():
         raise InvalidJobError(
             f"invalid registration job: job_id: {job.job_id} is already staged at {target}; "
             "enqueue that folder with enqueue_registration, or use a new job_id"
         )
     requirements = list(pip_requirements or job.pip_requirements or []) or None
-    _save_model(mlflow_pyfunc, model, target, requirements)
+    _save_model(model, target, requirements)
     try:
         return enqueue_registration(job, settings=settings)
     except BrokerUnavailableError as exc:
@@ -80,39 +85,27 @@ def save_and_enqueue(
         ) from exc
 
 
-def _import_mlflow() -> Any:
+def _require_mlflow() -> None:
     try:
-        import mlflow.pyfunc
+        import mlflow.pyfunc  # noqa: F401  (only whether it is installed)
     except ImportError as exc:
         raise MissingDependencyError(
             "save_and_enqueue needs mlflow to save the model: pip install mlflow (or save the model "
             "yourself and call enqueue_registration with its folder as artifact_uri)"
         ) from exc
-    return mlflow.pyfunc
 
 
-def _save_model(mlflow_pyfunc: Any, model: Any, target: Path, requirements: list[str] | None) -> None:
+def _save_model(model: Any, target: Path, requirements: list[str] | None) -> None:
     """Save with the model's flavor into a temporary sibling of ``target``, then rename it."""
-    if isinstance(model, mlflow_pyfunc.PythonModel):
-        from mlflow.pyfunc.model import get_default_pip_requirements
+    flavor = flavor_for(model)
 
-        def save(path: str) -> None:
-            mlflow_pyfunc.save_model(
-                path, python_model=model, pip_requirements=requirements or get_default_pip_requirements()
-            )
-
-    elif _is_sklearn_estimator(model):
-        import mlflow.sklearn
-
-        def save(path: str) -> None:
-            mlflow.sklearn.save_model(
-                model, path, pip_requirements=requirements or mlflow.sklearn.get_default_pip_requirements()
-            )
-
-    else:
-        raise InvalidInputError(
-            f"model must be a scikit-learn estimator or an mlflow.pyfunc.PythonModel, not {type(model).__name__}"
+    def save(path: str) -> None:
+        flavor.module.save_model(
+            path=path,
+            **{flavor.model_keyword: model},
+            pip_requirements=requirements or flavor.default_requirements(),
         )
+
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = target.parent / f".{target.name}.{uuid4().hex[:8]}.tmp"
     try:
@@ -125,13 +118,3 @@ def _save_model(mlflow_pyfunc: Any, model: Any, target: Path, requirements: list
             ) from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _is_sklearn_estimator(model: Any) -> bool:
-    if type(model).__module__.startswith("sklearn."):
-        return True
-    try:
-        from sklearn.base import BaseEstimator
-    except ImportError:
-        return False
-    return isinstance(model, BaseEstimator)

@@ -14,19 +14,7 @@ from typing import Any
 
 import pytest
 
-from devtools.devstack import free_port, port_open
-
-__all__ = ["free_port", "port_open", "require_service"]
-
-TEST_REDIS_DB = int(os.environ.get("HOKUSAI_TEST_REDIS_DB", "15"))
-TEST_REDIS_URL = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
-POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
-
-
-def require_service(name: str, host: str, port: int) -> None:
-    """Fail (never skip) when a service the test needs is not reachable."""
-    if not port_open(host, port):
-        pytest.fail(f"{name} is not reachable on {host}:{port}; start it (scripts/services.sh does)")
+from tests.support import STAGED_MODELS_ROOT, TEST_REDIS_URL, require_service
 
 
 @pytest.fixture(autouse=True)
@@ -131,6 +119,15 @@ def staging(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def staged_models_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Producers accept the stand-in model folders of tests.support.staged_model (besides $HOKUSAI_HOME/staging)."""
+    from hokusai_registry.settings import get_settings
+
+    monkeypatch.setenv("ALLOWED_ARTIFACT_ROOTS", f"{STAGED_MODELS_ROOT},{os.environ['HOKUSAI_HOME']}/staging")
+    get_settings.cache_clear()
+
+
+@pytest.fixture
 def worker_env(tracking_uri: str, redis_url: str) -> dict[str, str]:
     """Environment for a worker process sharing this test's MLflow store and Redis database."""
     return {"MLFLOW_TRACKING_URI": tracking_uri, "REDIS_URL": redis_url}
@@ -142,13 +139,14 @@ def stand_in_worker(redis_url: str) -> Iterator[Any]:
 
     It proves that the message a producer publishes is what a worker defining
     ``register_model(job: dict) -> dict`` and ``emit_webhook(result: dict) -> dict`` consumes,
-    without MLflow. A job whose metadata has ``refuse`` or whose artifact_uri is ``/refused`` fails.
+    without MLflow. A job whose metadata has ``refuse`` or whose artifact_uri ends in ``/refused`` fails.
     """
     from celery import Celery
     from celery.contrib.testing.worker import start_worker
     from kombu import Queue
 
     from hokusai_registry.contract import (
+        CELERY_WIRE_SETTINGS,
         REGISTER_TASK,
         REGISTRATION_QUEUE,
         WEBHOOK_QUEUE,
@@ -159,9 +157,7 @@ def stand_in_worker(redis_url: str) -> Iterator[Any]:
 
     app = Celery("stand-in-worker", broker=redis_url, backend=redis_url, set_as_current=False)
     app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
+        **CELERY_WIRE_SETTINGS,
         task_queues=[Queue(REGISTRATION_QUEUE), Queue(WEBHOOK_QUEUE)],
         worker_hijack_root_logger=False,
     )
@@ -169,7 +165,7 @@ def stand_in_worker(redis_url: str) -> Iterator[Any]:
     @app.task(name=REGISTER_TASK, shared=False)  # shared tasks would leak into later apps
     def register_model(job: dict[str, Any]) -> dict[str, Any]:
         checked = RegistrationJob.model_validate(job)
-        if checked.metadata.get("refuse") or checked.artifact_uri == "/refused":
+        if checked.metadata.get("refuse") or checked.artifact_uri.endswith("/refused"):
             raise InvalidJobError("artifact_uri: the stand-in refuses this model")
         return {"job_id": str(checked.job_id), "model_id": f"hokusai_{checked.model_type}_baseline/1"}
 

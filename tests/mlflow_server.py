@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from devtools import devstack
-from tests.conftest import POSTGRES_HOST, POSTGRES_PORT, require_service
+from tests.support import POSTGRES_HOST, POSTGRES_PORT, require_service
 
 ADMIN_DSN = f"host={POSTGRES_HOST} port={POSTGRES_PORT} user=postgres dbname=postgres"
 

@@ -9,6 +9,8 @@ from typing import Any
 from celery import Celery
 from mlflow.tracking import MlflowClient
 
+from devtools.builders import baseline_fields
+from hokusai_registry.contract import CELERY_WIRE_SETTINGS
 from tests.worker_process import wait_until
 
 
@@ -25,7 +27,7 @@ def save_model_dir(model: Any, parent: Path, *, padding_mb: int = 0) -> Path:
 
 def client_app(redis_url: str) -> Celery:
     app = Celery("test-client", broker=redis_url, backend=redis_url)
-    app.conf.update(accept_content=["json"], task_serializer="json", result_serializer="json")
+    app.conf.update(CELERY_WIRE_SETTINGS)
     return app
 
 
@@ -40,13 +42,7 @@ def versions_of_job(client: MlflowClient, job_id: str) -> list[Any]:
 
 
 def job_fields(model_dir: Path, **overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "kind": "baseline",
-        "model_type": "classification",
-        "artifact_uri": str(model_dir),
-        "metadata": {"dataset": "leads-2026-11", "notes": "x" * 2000},
-        "token_id": "LEADS",
-        "tags": {"user_id": "u-42"},
-    }
-    fields.update(overrides)
-    return fields
+    """A valid baseline job on ``model_dir`` (devtools.builders), with metadata past MLflow's param limit."""
+    defaults = {"metadata": {"dataset": "leads-2026-11", "notes": "x" * 2000}, "token_id": "LEADS"}
+    artifact_uri = overrides.pop("artifact_uri", model_dir)
+    return baseline_fields(artifact_uri, **{**defaults, **overrides})

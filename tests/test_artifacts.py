@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from hokusai_registry.artifact_uri import check_artifact_uri
 from hokusai_registry.errors import ArtifactNotFoundError, ArtifactRejectedError
 from hokusai_registry.settings import Settings
-from worker.registration.artifacts import check_artifact_uri, fetched_model
+from worker.registration.artifacts import fetched_model
 
 
 @pytest.fixture

@@ -30,10 +30,19 @@ from hokusai_registry.contract import (
     job_json_schema,
 )
 from hokusai_registry.errors import BrokerUnavailableError
+from tests.support import staged_model
 
 SCRIPT = Path(sys.executable).with_name("hokusai-registry")
 WALLET = "0x" + "cd" * 20
 JOB_ID = "0b5d7a52-94a4-4f0e-8a52-0c6f0d3b9a11"
+
+
+pytestmark = pytest.mark.usefixtures("staged_models_allowed")
+M = staged_model("m")
+M1 = staged_model("m1")
+A = staged_model("a")
+B = staged_model("b")
+REFUSED = staged_model("refused")
 
 
 def run(*args: str, input: str | None = None) -> Result:
@@ -118,7 +127,7 @@ def test_enqueue_from_flags(redis_url: str) -> None:
         "--job-id", JOB_ID,
         "--kind", "improved",
         "--model-type", "ranking",
-        "--artifact-uri", "/srv/staging/m1",
+        "--artifact-uri", M1,
         "--metadata", '{"dataset": "q3", "rows": 1200}',
         "--token-id", "RANK-Q3",
         "--tag", "user_id=7",
@@ -135,7 +144,7 @@ def test_enqueue_from_flags(redis_url: str) -> None:
     assert result.stdout == f"{JOB_ID}\n"
     [job] = queued_jobs(redis_url)
     assert job["job_id"] == JOB_ID
-    assert (job["kind"], job["model_type"], job["artifact_uri"]) == ("improved", "ranking", "/srv/staging/m1")
+    assert (job["kind"], job["model_type"], job["artifact_uri"]) == ("improved", "ranking", M1)
     assert job["metadata"] == {"dataset": "q3", "rows": 1200}
     assert job["token_id"] == "rank-q3"
     assert job["tags"] == {"user_id": "7", "fulfilled_by_user_id": "9"}
@@ -148,20 +157,18 @@ def test_enqueue_from_flags(redis_url: str) -> None:
 
 def test_enqueue_from_file_with_a_flag_overriding_it(redis_url: str, tmp_path: Path) -> None:
     path = tmp_path / "job.json"
-    path.write_text(
-        json.dumps({"kind": "baseline", "model_type": "regression", "artifact_uri": "/a", "tags": {"x": "1"}})
-    )
+    path.write_text(json.dumps({"kind": "baseline", "model_type": "regression", "artifact_uri": A, "tags": {"x": "1"}}))
 
-    result = run("enqueue", "--file", str(path), "--artifact-uri", "/b")
+    result = run("enqueue", "--file", str(path), "--artifact-uri", B)
 
     assert result.exit_code == 0, result.output
     [job] = queued_jobs(redis_url)
     assert job["job_id"] == result.stdout.strip()
-    assert (job["model_type"], job["artifact_uri"], job["tags"]) == ("regression", "/b", {"x": "1"})
+    assert (job["model_type"], job["artifact_uri"], job["tags"]) == ("regression", B, {"x": "1"})
 
 
 def test_enqueue_from_stdin(redis_url: str) -> None:
-    fields = {"kind": "baseline", "model_type": "lead_scoring", "artifact_uri": "/m", "job_id": JOB_ID}
+    fields = {"kind": "baseline", "model_type": "lead_scoring", "artifact_uri": M, "job_id": JOB_ID}
     result = run("enqueue", "--file", "-", input=json.dumps(fields))
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{JOB_ID}\n"
@@ -169,7 +176,7 @@ def test_enqueue_from_stdin(redis_url: str) -> None:
 
 
 def test_enqueue_from_stdin_with_the_installed_script(redis_url: str) -> None:
-    fields = {"kind": "baseline", "model_type": "classification", "artifact_uri": "/m", "job_id": JOB_ID}
+    fields = {"kind": "baseline", "model_type": "classification", "artifact_uri": M, "job_id": JOB_ID}
     done = subprocess.run(
         [SCRIPT, "enqueue", "--file", "-"],
         input=json.dumps(fields),
@@ -187,7 +194,7 @@ def test_enqueue_from_stdin_with_the_installed_script(redis_url: str) -> None:
 
 def test_bad_job_exits_2_naming_the_field(redis_url: str) -> None:
     result = run(
-        "enqueue", "--kind", "improved", "--model-type", "ranking", "--artifact-uri", "/m",
+        "enqueue", "--kind", "improved", "--model-type", "ranking", "--artifact-uri", M,
         "--baseline-id", "hokusai_ranking_baseline/1", "--delta-metric", "ndcg=0.1", "--contributor", "0x12",
     )  # fmt: skip
     assert result.exit_code == 2
@@ -199,7 +206,7 @@ def test_bad_job_exits_2_naming_the_field(redis_url: str) -> None:
 
 
 def test_improved_job_without_baseline_exits_2(redis_url: str) -> None:
-    result = run("enqueue", "--kind", "improved", "--model-type", "ranking", "--artifact-uri", "/m")
+    result = run("enqueue", "--kind", "improved", "--model-type", "ranking", "--artifact-uri", M)
     assert result.exit_code == 2
     assert "an improved job needs baseline_id, delta_metrics, contributor" in result.stderr
     assert "Traceback" not in result.output
@@ -223,7 +230,7 @@ def test_missing_fields_exit_2_naming_them(redis_url: str) -> None:
     ],
 )
 def test_bad_flag_values_exit_2(redis_url: str, args: list[str], expected: str) -> None:
-    result = run("enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", "/m", *args)
+    result = run("enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", M, *args)
     assert result.exit_code == 2
     assert expected in result.stderr
     assert queued_jobs(redis_url) == []
@@ -241,7 +248,7 @@ def test_redis_down_exits_2_without_traceback_or_password(monkeypatch: pytest.Mo
     port = closed_port()
     monkeypatch.setenv("REDIS_URL", f"redis://:hunter2@127.0.0.1:{port}/0")
     monkeypatch.setenv("ENQUEUE_RETRY_S", "0.5")
-    result = run("enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", "/m")
+    result = run("enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", M)
     assert result.exit_code == 2
     assert result.stderr.splitlines()[-1].startswith(f"Error: Redis at redis://:***@127.0.0.1:{port}/0 is unreachable")
     assert "hunter2" not in result.output
@@ -259,7 +266,7 @@ def test_invalid_settings_exit_2_without_echoing_the_value(monkeypatch: pytest.M
 
 # ------------------------------------------------------------------ status and waiting
 def test_jobs_status_of_a_queued_job(redis_url: str) -> None:
-    job_id = run("enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", "/m").stdout.strip()
+    job_id = run("enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", M).stdout.strip()
     result = run("jobs", "status", job_id)
     assert result.exit_code == 0, result.output
     status = json.loads(result.stdout)
@@ -274,7 +281,7 @@ def test_jobs_status_with_a_bad_id_exits_2(redis_url: str) -> None:
 
 def test_enqueue_wait_times_out_with_exit_2(redis_url: str) -> None:
     result = run(
-        "enqueue", "--job-id", JOB_ID, "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", "/m",
+        "enqueue", "--job-id", JOB_ID, "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", M,
         "--wait", "--timeout", "0.2",
     )  # fmt: skip
     assert result.exit_code == 2
@@ -283,7 +290,7 @@ def test_enqueue_wait_times_out_with_exit_2(redis_url: str) -> None:
 
 def test_enqueue_wait_prints_the_result(stand_in_worker: Celery) -> None:
     result = run(
-        "enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", "/m", "--wait", "--timeout", "30"
+        "enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", M, "--wait", "--timeout", "30"
     )
     assert result.exit_code == 0, result.output
     status = json.loads(result.stdout)
@@ -294,7 +301,7 @@ def test_enqueue_wait_prints_the_result(stand_in_worker: Celery) -> None:
 
 def test_enqueue_wait_for_a_failing_job_exits_1(stand_in_worker: Celery) -> None:
     result = run(
-        "enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", "/refused",
+        "enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", REFUSED,
         "--wait", "--timeout", "30",
     )  # fmt: skip
     assert result.exit_code == 1
@@ -312,7 +319,7 @@ def store(redis_url: str) -> Iterator[redis.Redis]:
 
 
 def test_record_and_get_a_failure(store: redis.Redis) -> None:
-    job = {"kind": "baseline", "model_type": "ranking", "artifact_uri": "/m", "job_id": JOB_ID}
+    job = {"kind": "baseline", "model_type": "ranking", "artifact_uri": M, "job_id": JOB_ID}
     stored = failed_jobs.record_failure(
         store,
         JOB_ID,

@@ -9,8 +9,9 @@ from uuid import UUID
 import pytest
 from pydantic import ValidationError
 
+from devtools.builders import DROP, WALLET, baseline_fields, improved_fields
 from hokusai_registry.contract import (
-    MAX_METADATA_BYTES,
+    BASELINE_ID_HINT,
     REGISTER_TASK,
     REGISTRATION_QUEUE,
     SCHEMA_VERSION,
@@ -20,35 +21,10 @@ from hokusai_registry.contract import (
     job_json_schema,
 )
 from hokusai_registry.errors import InvalidJobError
+from hokusai_registry.settings import Settings
 from hokusai_registry.validation import validate_job
 
-WALLET = "0x" + "ab" * 20
-_DROP = object()
-
-
-def baseline_fields(**changes: Any) -> dict[str, Any]:
-    """A valid baseline job's fields, with ``changes`` applied (``_DROP`` removes a field)."""
-    fields: dict[str, Any] = {
-        "kind": "baseline",
-        "model_type": "classification",
-        "artifact_uri": "/srv/hokusai/staging/model",
-        "metadata": {"dataset": "leads-2024"},
-        "token_id": "lead-score",
-        "tags": {"user_id": "7"},
-    }
-    fields.update(changes)
-    return {key: value for key, value in fields.items() if value is not _DROP}
-
-
-def improved_fields(**changes: Any) -> dict[str, Any]:
-    """A valid improved job's fields, with ``changes`` applied."""
-    improved: dict[str, Any] = {
-        "kind": "improved",
-        "baseline_id": "hokusai_classification_baseline/1",
-        "delta_metrics": {"auroc": 0.02},
-        "contributor": WALLET,
-    }
-    return baseline_fields(**{**improved, **changes})
+_DROP = DROP
 
 
 def errors_of(fields: dict[str, Any]) -> list[tuple[tuple[Any, ...], str, str]]:
@@ -111,15 +87,22 @@ def test_baseline_with_contributor() -> None:
 
 def test_bad_baseline_id() -> None:
     assert errors_of(improved_fields(baseline_id="hokusai_classification_baseline")) == [
-        (("baseline_id",), "value_error", "Value error, must look like 'registered_model_name/version'")
+        (("baseline_id",), "value_error", f"Value error, {BASELINE_ID_HINT}")
     ]
+
+
+MAX_METADATA_BYTES = Settings().max_metadata_bytes
 
 
 def test_metadata_over_the_cap() -> None:
     metadata = {"blob": "x" * MAX_METADATA_BYTES}
     size = len(json.dumps(metadata).encode())
     assert errors_of(baseline_fields(metadata=metadata)) == [
-        (("metadata",), "value_error", f"Value error, is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
+        (
+            ("metadata",),
+            "value_error",
+            f"Value error, is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES} (MAX_METADATA_BYTES)",
+        )
     ]
 
 

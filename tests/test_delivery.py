@@ -12,8 +12,8 @@ import httpx
 import pytest
 import redis
 
+from devtools import builders
 from devtools.receiver import ScriptedResponse, WebhookReceiver
-from hokusai_registry.contract import RegistrationJob
 from hokusai_registry.errors import (
     ConfigurationError,
     WebhookDeliveryError,
@@ -21,9 +21,9 @@ from hokusai_registry.errors import (
     WebhookRejectedError,
 )
 from hokusai_registry.settings import Settings
-from tests.conftest import free_port
+from tests.support import free_port
 from worker.webhooks.delivery import check_webhook_config, deliver, send_stored_event
-from worker.webhooks.event import WebhookEvent, build_event
+from worker.webhooks.event import WebhookEvent
 from worker.webhooks.store import EventStore
 
 SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NQ=="
@@ -43,11 +43,8 @@ def make_settings(url: str | None, **overrides: Any) -> Settings:
 
 
 def make_event(version: str = "3") -> WebhookEvent:
-    job = RegistrationJob(
-        kind="baseline", model_type="classification", artifact_uri="file:///staging/m", token_id="xray-7"
-    )
-    result = {"model_name": "hokusai_classification_baseline", "version": version, "run_id": "r" * 32}
-    return build_event(result, job)
+    event: WebhookEvent = builders.event(version, token_id="xray-7")
+    return event
 
 
 @pytest.fixture

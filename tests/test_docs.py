@@ -168,3 +168,26 @@ def test_queue_and_task_names_are_real() -> None:
     for page in doc_pages():
         for name in _NAME_RE.findall(page.read_text(encoding="utf-8")):
             assert name in real, f"{page.name} names {name!r}, which is no queue or task of the contract"
+
+
+def _layout_rows() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| `")]
+
+
+def test_the_readme_layout_names_every_module_and_only_real_paths() -> None:
+    rows = _layout_rows()
+    missing = []
+    for package in ("hokusai_registry", "producers", "worker", "hokusai_app", "devtools"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path.name == "__init__.py":
+                continue
+            folder = str(path.parent.relative_to(ROOT)) + "/"
+            named = [row for row in rows if f"`{folder}" in row or f"`{path.relative_to(ROOT)}`" in row]
+            if not any(path.name.removesuffix(".py") in row for row in named):
+                missing.append(str(path.relative_to(ROOT)))
+    assert missing == [], f"modules the README's layout table does not name: {missing}"
+    for row in rows:
+        first = row.split("|")[1].strip().split("`")[1]
+        assert (ROOT / first).exists(), f"the layout table names {first}, which does not exist"

@@ -12,13 +12,13 @@ from pydantic import SecretStr
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from devtools import builders
 from devtools.receiver import WebhookReceiver
-from hokusai_registry.contract import RegistrationJob
 from hokusai_registry.errors import BrokerUnavailableError, InvalidInputError
 from hokusai_registry.settings import Settings
-from tests.conftest import free_port
+from tests.support import free_port
 from worker.webhooks.delivery import send_stored_event
-from worker.webhooks.event import WebhookEvent, build_event
+from worker.webhooks.event import WebhookEvent
 from worker.webhooks.replay import replay_dead_letters
 from worker.webhooks.store import EventStore
 
@@ -27,9 +27,8 @@ T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
 def make_event(version: str = "1", now: datetime | None = None) -> WebhookEvent:
-    job = RegistrationJob(kind="baseline", model_type="ranking", artifact_uri="file:///staging/m", token_id="tok-1")
-    result = {"model_name": "hokusai_ranking_baseline", "version": version, "run_id": "run-" + version}
-    return build_event(result, job, now=now)
+    event: WebhookEvent = builders.event(version, now=now, model_type="ranking", token_id="tok-1")
+    return event
 
 
 @pytest.fixture(params=[False, True], ids=["bytes", "decoded"])
@@ -215,12 +214,14 @@ def test_claim_due_exactly_once_with_racing_claimers(redis_url: str) -> None:
         setup.defer(event.event_id, T0)
         ids.append(event.event_id)
 
-    start = threading.Barrier(2)
+    start, first_round = threading.Barrier(2), threading.Barrier(2)
     claimed: dict[str, list[str]] = {"a": [], "b": []}
 
     def claimer(name: str) -> None:
         own = EventStore(redis.Redis.from_url(redis_url), prefix="race")  # its own connection
         start.wait()
+        claimed[name].extend(own.claim_due(T0, limit=7))
+        first_round.wait()  # on a busy machine one thread could otherwise drain it before the other runs
         while batch := own.claim_due(T0, limit=7):
             claimed[name].extend(batch)
         own.client.close()

@@ -26,6 +26,7 @@ from hokusai_registry.contract import (
     RegistrationJob,
 )
 from hokusai_registry.errors import (
+    ArtifactRejectedError,
     BrokerUnavailableError,
     ConfigurationError,
     InvalidInputError,
@@ -36,15 +37,21 @@ from hokusai_registry.settings import Settings, get_settings
 from producers import enqueue_registration, job_status, save_and_enqueue, wait_for_job
 from producers.broker import CONNECT_TIMEOUT_S, redact_url
 from producers.enqueue import JobTimeoutError, webhook_task_id
+from tests.support import staged_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+pytestmark = pytest.mark.usefixtures("staged_models_allowed")
+MODEL = staged_model("model")
+REFUSED = staged_model("refused")
 
 
 def job_fields(**changes: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "kind": "baseline",
         "model_type": "classification",
-        "artifact_uri": "/srv/hokusai/staging/model",
+        "artifact_uri": MODEL,
         "metadata": {"dataset": "leads-2024"},
         "tags": {"user_id": "7"},
     }
@@ -277,11 +284,13 @@ class _Doubler(mlflow.pyfunc.PythonModel):
 
 def test_save_and_enqueue_a_python_model_with_explicit_requirements(redis_url: str, tmp_path: Path) -> None:
     staging = tmp_path / "my-staging"
+    fields = {"kind": "baseline", "model_type": "regression", "job_id": "6f1c1a0e-3c3b-4a5e-9d39-2f9f5b1f0c11"}
+    with pytest.raises(ArtifactRejectedError, match="outside the allowed roots"):  # not on the workers' list
+        save_and_enqueue(_Doubler(), fields, staging_dir=staging)
+    assert not staging.exists(), "a refused job saved its model"
+    settings = Settings(allowed_artifact_roots=str(staging))
     job_id = save_and_enqueue(
-        _Doubler(),
-        {"kind": "baseline", "model_type": "regression", "job_id": "6f1c1a0e-3c3b-4a5e-9d39-2f9f5b1f0c11"},
-        staging_dir=staging,
-        pip_requirements=["cloudpickle>=3", "pandas"],
+        _Doubler(), fields, settings=settings, staging_dir=staging, pip_requirements=["cloudpickle>=3", "pandas"]
     )
     folder = staging / job_id
     assert job_id == "6f1c1a0e-3c3b-4a5e-9d39-2f9f5b1f0c11"
@@ -311,7 +320,7 @@ def test_save_and_enqueue_refuses_a_job_id_already_staged(redis_url: str, sk_mod
 
 
 def test_save_and_enqueue_rejects_an_unsupported_model(redis_url: str) -> None:
-    with pytest.raises(InvalidInputError, match=r"model must be a scikit-learn estimator or an mlflow\.pyfunc"):
+    with pytest.raises(InvalidInputError, match=r"must be an mlflow\.pyfunc\.PythonModel or a scikit-learn"):
         save_and_enqueue(object(), {"kind": "baseline", "model_type": "classification"})
     assert not get_settings().staging_dir.exists()
 

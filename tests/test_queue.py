@@ -229,8 +229,8 @@ def test_bad_jobs_fail_permanently_with_a_recorded_reason(
 
 
 def test_mlflow_down_then_up_job_completes(redis_url: str, staging: Path, sk_model: Any, tmp_path: Path) -> None:
-    from tests.conftest import free_port
     from tests.mlflow_server import running_mlflow_server
+    from tests.support import free_port
 
     port = free_port()
     env = {
@@ -255,7 +255,7 @@ def test_mlflow_never_recovers_job_recorded_as_failed(
 ) -> None:
     import redis
 
-    from tests.conftest import free_port
+    from tests.support import free_port
 
     env = {
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",

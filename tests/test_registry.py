@@ -24,7 +24,7 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
 
 from hokusai_registry.errors import InvalidInputError, RegistryUnavailableError, SignatureError
-from tests.conftest import free_port
+from tests.support import free_port
 from worker.registration.registry import HokusaiModelRegistry
 
 CONTRIBUTOR = "0x" + "ab12" * 10

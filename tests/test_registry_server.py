@@ -11,13 +11,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hokusai_registry.errors import InvalidInputError
-from tests.conftest import port_open
 from tests.mlflow_server import (  # noqa: F401 (mlflow_server is a fixture)
     database_exists,
     fresh_database,
     mlflow_server,
     running_mlflow_server,
 )
+from tests.support import port_open
 from worker.registration.registry import HokusaiModelRegistry
 
 pytestmark = pytest.mark.server

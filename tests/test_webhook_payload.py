@@ -12,6 +12,7 @@ import pytest
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
+from devtools import builders
 from hokusai_registry.contract import BenchmarkGate, RegistrationJob
 from hokusai_registry.errors import InvalidInputError, InvalidJobError, SignatureError
 from worker.registration.signatures import signature_to_json
@@ -40,10 +41,9 @@ SIGNATURE = ModelSignature(
 
 
 def make_job(**overrides: Any) -> RegistrationJob:
+    """devtools.builders' job with every marketplace field set."""
     fields: dict[str, Any] = {
-        "kind": "baseline",
         "model_type": "lead_scoring",
-        "artifact_uri": "file:///staging/model",
         "token_id": "XRAY-7",
         "tags": {"user_id": "user-42"},
         "eval_spec": "eval/v3",
@@ -52,8 +52,7 @@ def make_job(**overrides: Any) -> RegistrationJob:
         "benchmark_spec_id": "bench-9",
         "metadata": {"dataset": "leads-2026", "rows": 1200},
     }
-    fields.update(overrides)
-    return RegistrationJob(**fields)
+    return builders.job(**{**fields, **overrides})
 
 
 def make_result(**overrides: Any) -> dict[str, Any]:

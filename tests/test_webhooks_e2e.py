@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 from devtools.receiver import ScriptedResponse, WebhookReceiver
 from producers import enqueue_registration
 from producers.enqueue import webhook_task_id
-from tests.conftest import free_port
 from tests.queue_helpers import client_app, job_fields, save_model_dir, wait_result
+from tests.support import free_port
 from tests.worker_process import ROOT, StackError, WorkerProcess, wait_until
 from worker.webhooks.store import EventStore
 

@@ -80,7 +80,7 @@ def register_model(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     settings = get_settings()
     job_id = str(job.get("job_id") or self.request.id) if isinstance(job, dict) else str(self.request.id)
     try:
-        parsed = validate_job(job)  # again on this side: producers may be older, or foreign
+        parsed = validate_job(job, settings)  # again on this side: producers may be older, or foreign
         with job_lock(job_id, settings):
             result = register_job(parsed, get_registry(), settings)
         log.bind(model_uuid=result["model_uuid"], version=result["version"])

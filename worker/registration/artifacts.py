@@ -1,4 +1,7 @@
-"""Job artifacts: check a URI against the allow-list, fetch the MLflow model, re-log it as is.
+"""Job artifacts: fetch the MLflow model a job names, and re-log it as is.
+
+The allow-list rules are core's (``hokusai_registry.artifact_uri``, applied by ``validate_job``
+on both sides).
 
 The worker never unpickles or runs a job's model. It reads the ``MLmodel`` file (YAML), copies
 the directory into a new LoggedModel (keeping its flavors and its own ``requirements.txt``, so
@@ -11,50 +14,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from hokusai_registry.errors import ArtifactNotFoundError, ArtifactRejectedError
-from hokusai_registry.settings import Settings
-
-MLMODEL_FILE = "MLmodel"
-
-
-def check_artifact_uri(uri: str, settings: Settings) -> str:
-    """Return the URI if the allow-list admits it, else raise ``ArtifactRejectedError``.
-
-    A bare path counts as ``file``. Local paths must resolve (symlinks followed) under one of
-    ``ALLOWED_ARTIFACT_ROOTS``; ``..`` segments are refused in any scheme.
-    """
-    parts = urlsplit(uri)
-    scheme = parts.scheme.lower() if len(parts.scheme) > 1 else "file"  # "C:" is a drive, not a scheme
-    raw_path = unquote(parts.path if parts.scheme else uri)
-    if ".." in PurePosixPath(raw_path).parts or ".." in PurePosixPath(unquote(parts.netloc)).parts:
-        raise ArtifactRejectedError(f"artifact_uri must not contain '..' segments: {uri!r}")
-    if scheme not in settings.allowed_artifact_schemes:
-        raise ArtifactRejectedError(
-            f"artifact_uri scheme {scheme!r} is not allowed; ALLOWED_ARTIFACT_SCHEMES is "
-            f"{','.join(settings.allowed_artifact_schemes)}"
-        )
-    if scheme == "file":
-        if parts.scheme and parts.netloc not in ("", "localhost"):
-            raise ArtifactRejectedError(f"file:// artifact_uri must name a local path, got host {parts.netloc!r}")
-        local = Path(raw_path).expanduser().resolve()
-        if not any(local == root or root in local.parents for root in settings.artifact_roots):
-            roots = ", ".join(str(root) for root in settings.artifact_roots)
-            raise ArtifactRejectedError(
-                f"artifact_uri {uri!r} is outside the allowed roots ({roots}); set ALLOWED_ARTIFACT_ROOTS"
-            )
-    return uri
-
-
-def local_path_of(uri: str) -> Path | None:
-    """The local folder a ``file://`` or bare-path URI names, else None."""
-    parts = urlsplit(uri)
-    if len(parts.scheme) > 1 and parts.scheme.lower() != "file":
-        return None
-    return Path(unquote(parts.path if parts.scheme else uri)).expanduser().resolve()
+from hokusai_registry.artifact_uri import MLMODEL_FILE, local_path_of, require_mlmodel
+from hokusai_registry.errors import ArtifactNotFoundError
 
 
 @contextmanager
@@ -66,7 +30,7 @@ def fetched_model(uri: str) -> Iterator[Path]:
     """
     local = local_path_of(uri)
     if local is not None:
-        _require_mlmodel(local, uri)
+        require_mlmodel(local, uri)
         yield local
         return
     import mlflow
@@ -81,7 +45,7 @@ def fetched_model(uri: str) -> Iterator[Path]:
             raise
         except FileNotFoundError as exc:
             raise ArtifactNotFoundError(f"no MLflow model at artifact_uri {uri!r}") from exc
-        _require_mlmodel(path, uri)
+        require_mlmodel(path, uri)
         yield path
 
 
@@ -90,13 +54,6 @@ def read_model_config(model_dir: Path) -> Any:
     from mlflow.models import Model
 
     return Model.load(str(model_dir / MLMODEL_FILE))
-
-
-def _require_mlmodel(path: Path, uri: str) -> None:
-    if not path.is_dir():
-        raise ArtifactNotFoundError(f"artifact_uri {uri!r} is not a folder holding an MLflow model")
-    if not (path / MLMODEL_FILE).is_file():
-        raise ArtifactNotFoundError(f"artifact_uri {uri!r} holds no {MLMODEL_FILE} file: not an MLflow model")
 
 
 class CopiedModelFlavor:

@@ -18,13 +18,14 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import LoggedModelStatus
+from mlflow.exceptions import MlflowException
 
 from hokusai_registry.contract import RegistrationJob, parse_baseline_id
-from hokusai_registry.errors import SignatureError
+from hokusai_registry.errors import InvalidJobError, SignatureError
 from hokusai_registry.settings import Settings
 from worker.registration import artifacts, signatures
 from worker.registration.mlflow_errors import mlflow_boundary
-from worker.registration.registry import TAG_JOB_ID, HokusaiModelRegistry
+from worker.registration.registry import TAG_JOB_ID, TAG_MODEL_TYPE, HokusaiModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,11 @@ _JOB_FIELDS_NOT_COPIED = {"input_example", "metadata"}
 def register_job(job: RegistrationJob, registry: HokusaiModelRegistry, settings: Settings) -> dict[str, Any]:
     """Register ``job`` (exactly one model version per job id) and return its result.
 
+    ``job`` has passed :func:`hokusai_registry.validation.validate_job` (the task calls it); this
+    adds the checks that need MLflow.
+
     Raises:
-        InvalidInputError: the job cannot succeed (forbidden or missing artifact, bad signature).
+        InvalidInputError: the job cannot succeed (missing baseline, missing artifact, bad signature).
         RegistryUnavailableError: MLflow could not be reached; the caller retries.
     """
     job_id = str(job.job_id)
@@ -46,7 +50,8 @@ def register_job(job: RegistrationJob, registry: HokusaiModelRegistry, settings:
         logger.info("job already registered as %s/%s; returning that result", existing.name, existing.version)
         return _job_result(registry.describe_version(existing), job, replayed=True)
 
-    artifacts.check_artifact_uri(job.artifact_uri, settings)
+    if job.kind == "improved":
+        check_baseline_exists(job, registry)
     name, model_type, version_tags = _naming(job, registry)
     target: dict[str, Any] = {
         "model_name": name,
@@ -88,6 +93,33 @@ def register_job(job: RegistrationJob, registry: HokusaiModelRegistry, settings:
             **target,
         )
     return _job_result(result, job, replayed=False)
+
+
+def check_baseline_exists(job: RegistrationJob, registry: HokusaiModelRegistry) -> None:
+    """Refuse an improved job whose baseline version is not in MLflow, or is of another model type.
+
+    Raises:
+        InvalidJobError: the baseline version does not exist, or its ``model_type`` tag differs.
+        RegistryUnavailableError: MLflow could not be reached.
+    """
+    assert job.baseline_id is not None
+    baseline = parse_baseline_id(job.baseline_id)
+    try:
+        with mlflow_boundary(f"reading baseline {job.baseline_id}"):
+            version = registry.client.get_model_version(baseline.name, baseline.version)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise InvalidJobError(
+                f"invalid registration job: baseline_id: {job.baseline_id} does not exist in MLflow "
+                f"(no version {baseline.version} of registered model {baseline.name!r})"
+            ) from exc
+        raise
+    recorded = (version.tags or {}).get(TAG_MODEL_TYPE)
+    if recorded and recorded != job.model_type:
+        raise InvalidJobError(
+            f"invalid registration job: model_type: {job.model_type!r} does not match baseline "
+            f"{job.baseline_id}, which is tagged model_type={recorded!r}"
+        )
 
 
 def _naming(job: RegistrationJob, registry: HokusaiModelRegistry) -> tuple[str, str, dict[str, str]]:

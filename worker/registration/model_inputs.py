@@ -8,9 +8,8 @@ filters have no escaping.
 from __future__ import annotations
 
 import json
-import posixpath
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from hokusai_registry.contract import (
@@ -18,13 +17,15 @@ from hokusai_registry.contract import (
     MODEL_NAME_RE,
     MODEL_TYPES,
     MODEL_UUID_RE,
+    is_metric_name,
+    is_plain_path,
     parse_baseline_id,
 )
 from hokusai_registry.errors import InvalidInputError
 
 __all__ = ["MODEL_NAME_RE", "MODEL_UUID_RE"]  # re-exported for the registry's lookups
+
 _PARAM_KEY_RE = re.compile(r"^[A-Za-z0-9_\-. /]{1,200}$")
-_METRIC_KEY_RE = re.compile(r"^[A-Za-z0-9_\-. /:]{1,250}$")
 _MAX_PARAM_VALUE_CHARS = 250
 
 
@@ -79,7 +80,7 @@ def check_delta_metrics(delta_metrics: Any) -> dict[str, float]:
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"delta_metrics values must be numbers: {exc}") from exc
     # Checked here: MLflow would reject the name only inside the run, leaving a FAILED run behind.
-    bad = [key for key in deltas if not (_METRIC_KEY_RE.fullmatch(key) and _is_plain_path(key))]
+    bad = [key for key in deltas if not is_metric_name(key)]
     if bad:
         raise InvalidInputError(
             f"delta_metrics names may hold only letters, digits, '_', '-', '.', ' ', ':', '/' and "
@@ -92,41 +93,8 @@ def searchable_params(metadata: Mapping[str, Any]) -> dict[str, str]:
     """Short scalar metadata as params (for search); anything long or nested stays metadata only."""
     params: dict[str, str] = {}
     for key, value in metadata.items():
-        if not (_PARAM_KEY_RE.fullmatch(key) and _is_plain_path(key)):
+        if not (_PARAM_KEY_RE.fullmatch(key) and is_plain_path(key)):
             continue
         if isinstance(value, (str, int, float, bool)) and len(str(value)) <= _MAX_PARAM_VALUE_CHARS:
             params[key] = str(value)
     return params
-
-
-def flavor_for(model: Any) -> tuple[Any, str, Callable[[], list[str]]]:
-    """(flavor module, its model keyword, its default pip requirements) for a model object."""
-    import mlflow.pyfunc
-
-    if isinstance(model, mlflow.pyfunc.PythonModel):
-        from mlflow.pyfunc.model import get_default_pip_requirements
-
-        return mlflow.pyfunc, "python_model", get_default_pip_requirements
-    if _is_sklearn_estimator(model):
-        import mlflow.sklearn
-
-        return mlflow.sklearn, "sk_model", mlflow.sklearn.get_default_pip_requirements
-    raise InvalidInputError(
-        f"model must be an mlflow.pyfunc.PythonModel or a scikit-learn estimator, not {type(model).__name__}"
-    )
-
-
-def _is_sklearn_estimator(model: Any) -> bool:
-    if not type(model).__module__.startswith("sklearn"):
-        try:
-            from sklearn.base import BaseEstimator
-        except ImportError:
-            return False
-        return isinstance(model, BaseEstimator)
-    return True
-
-
-def _is_plain_path(key: str) -> bool:
-    """MLflow refuses param and metric keys that normalise to another path (``a/``, ``/a``, ``a//b``)."""
-    norm = posixpath.normpath(key)
-    return norm == key and norm != "." and not norm.startswith(("..", "/"))

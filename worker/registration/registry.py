@@ -22,6 +22,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
 from hokusai_registry.errors import InvalidInputError, RegistryUnavailableError
+from hokusai_registry.flavors import flavor_for
 from hokusai_registry.settings import Settings, get_settings
 from worker.registration import lineage, model_inputs, signatures
 from worker.registration.mlflow_errors import mlflow_boundary
@@ -358,8 +359,8 @@ class HokusaiModelRegistry:
         code_paths: list[str] | None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        flavor, model_kwarg, default_requirements = model_inputs.flavor_for(model)
-        requirements = list(pip_requirements) if pip_requirements else default_requirements()
+        flavor = flavor_for(model)
+        requirements = list(pip_requirements) if pip_requirements else flavor.default_requirements()
         paths = [str(Path(p)) for p in code_paths] if code_paths else None
         if paths:
             missing = [p for p in paths if not Path(p).exists()]
@@ -367,8 +368,8 @@ class HokusaiModelRegistry:
                 raise InvalidInputError(f"code_paths do not exist: {missing}")
 
         def log_model(log_kwargs: dict[str, Any]) -> ModelInfo:
-            return flavor.log_model(
-                **{model_kwarg: model}, pip_requirements=requirements, code_paths=paths, **log_kwargs
+            return flavor.module.log_model(
+                **{flavor.model_keyword: model}, pip_requirements=requirements, code_paths=paths, **log_kwargs
             )
 
         return self.register_logged(log_model, git=lineage.git_lineage(paths), **kwargs)
