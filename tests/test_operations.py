@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,20 @@ def test_demo_runs_the_pipeline_and_starts_its_own_redis_when_none_answers(tmp_p
         assert webhook["body"]["model"]["version"] == str(run)
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert leftovers.stdout == "", "the demo stops what it started"
+
+
+def test_demo_outside_a_checkout_says_why_it_cannot_run(tmp_path: Path) -> None:
+    """As installed from a wheel: hokusai_app without the checkout's devtools/ and examples/ beside it."""
+    installed = tmp_path / "site"
+    shutil.copytree(ROOT / "hokusai_app", installed / "hokusai_app")
+    done = subprocess.run(
+        [sys.executable, "-m", "hokusai_app.cli", "demo"],
+        env={**os.environ, "PYTHONPATH": str(installed), "HOKUSAI_HOME": str(tmp_path / "home")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "demo runs from a checkout of the repository" in done.stderr and "./scripts/demo.sh" in done.stderr
+    assert "Traceback" not in done.stderr
