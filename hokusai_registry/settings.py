@@ -108,6 +108,22 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="How often each worker hands due deferred webhook retries to a task."
     )
 
+    # --- metrics -------------------------------------------------------------------------
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port of the worker's Prometheus endpoint (/metrics); unset: no endpoint. See docs/operations.md.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address the metrics endpoint listens on (0.0.0.0 inside a container)."
+    )
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        description="Folder for the prefork pool's metric files (prometheus_client multiprocess mode); "
+        "default with METRICS_PORT: a fresh temporary folder per worker.",
+    )
+
     # --- logging -------------------------------------------------------------------------
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: Literal["text", "json"] = Field(default="text", description="text, or json: one object per line.")
