@@ -34,11 +34,16 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-REQUIRED_SERVICES = {"redis", "postgres", "mlflow", "worker", "flower", "receiver"}
+REQUIRED_SERVICES = {"redis", "postgres", "mlflow", "worker", "flower", "receiver", "prometheus", "grafana"}
 #: Services that run once and exit (need no healthcheck). None so far.
 ONE_SHOT_SERVICES: set[str] = set()
 #: Executables that third-party images ship, by image repository.
-IMAGE_BINARIES = {"redis": {"redis-server", "redis-cli"}, "postgres": {"pg_isready", "postgres"}}
+IMAGE_BINARIES = {
+    "redis": {"redis-server", "redis-cli"},
+    "postgres": {"pg_isready", "postgres"},
+    "prometheus": {"prometheus", "promtool", "wget"},  # busybox-based image
+    "grafana": {"grafana", "wget"},  # alpine-based image
+}
 #: Ports third-party images listen on when their command does not say.
 DEFAULT_PORTS = {"redis": 6379, "postgres": 5432}
 PLACEHOLDER = "change-me"
@@ -384,17 +389,56 @@ def test_worker_waits_for_healthy_redis_and_mlflow() -> None:
         assert depends[needed].get("condition") == "service_healthy", f"worker does not wait for a healthy {needed}"
 
 
-def test_flower_requires_basic_auth() -> None:
+def test_flower_requires_basic_auth_from_the_environment() -> None:
     raw = load_compose()["services"]["flower"]
-    argv = argv_of(interpolated_compose()["services"]["flower"]["command"])
-    credentials = option_value(argv, "--basic-auth")
-    assert credentials, "flower runs without --basic-auth: its UI would be open"
+    flower = interpolated_compose()["services"]["flower"]
+    argv = argv_of(flower["command"])
+    assert option_value(argv, "--basic-auth") is None, "flower's password is on its command line: use FLOWER_BASIC_AUTH"
+    credentials = (flower.get("environment") or {}).get("FLOWER_BASIC_AUTH")
+    assert credentials, "flower runs without FLOWER_BASIC_AUTH: its UI would be open"
     user, sep, password = credentials.partition(":")
-    assert sep and user and password, f"--basic-auth must be user:password, got {credentials!r}"
-    raw_value = option_value(argv_of(raw["command"]), "--basic-auth") or ""
-    assert "${" in raw_value, "flower's credentials are written into docker-compose.yml: take them from .env"
+    assert sep and user and password, f"FLOWER_BASIC_AUTH must be user:password, got {credentials!r}"
+    assert "${" in raw["environment"]["FLOWER_BASIC_AUTH"], "flower's credentials are written into the file"
     assert option_value(argv, "--port") == "5555", "flower must listen on 5555"
     assert any(str(port).split(":")[-1] == "5555" for port in raw.get("ports") or []), "flower's 5555 is not published"
+
+
+def test_worker_serves_metrics_that_prometheus_scrapes() -> None:
+    compose = interpolated_compose()
+    environment = compose["services"]["worker"].get("environment") or {}
+    port = environment.get("METRICS_PORT")
+    assert port and environment.get("METRICS_HOST") == "0.0.0.0", "the worker's /metrics is unreachable in compose"
+    assert environment.get("PROMETHEUS_MULTIPROC_DIR"), "the prefork pool needs a multiprocess folder"
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text(encoding="utf-8"))
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "hokusai-worker"]
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["worker"] and str(sd["port"]) == str(port)
+    prometheus = compose["services"]["prometheus"]
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in prometheus["volumes"]}
+    assert mounts.get("/etc/prometheus") == "./deploy/prometheus"
+    for rule_file in config["rule_files"]:
+        assert (ROOT / "deploy/prometheus" / Path(rule_file).name).is_file(), rule_file
+    assert option_value(argv_of(prometheus["entrypoint"]), "--config.file") == "/etc/prometheus/prometheus.yml"
+
+
+def test_secrets_reach_services_as_files_and_never_as_arguments() -> None:
+    compose = interpolated_compose()
+    declared = set(compose.get("secrets") or {})
+    for name, service in compose["services"].items():
+        for secret in service.get("secrets") or []:
+            source = secret if isinstance(secret, str) else secret["source"]
+            assert source in declared, f"service {name!r} uses undeclared secret {source!r}"
+        for key, value in (service.get("environment") or {}).items():
+            if key.endswith("__FILE") or key.endswith("_FILE"):
+                assert str(value).startswith("/run/secrets/"), f"{name}: {key} should name a secret file"
+    grafana = compose["services"]["grafana"]["environment"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana and grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"]
+    env = example_env()
+    for name in ("flower", "worker", "prometheus", "grafana"):
+        argv = argv_of(compose["services"][name].get("command")) + argv_of(compose["services"][name].get("entrypoint"))
+        for variable in ("FLOWER_BASIC_AUTH", "GRAFANA_ADMIN_PASSWORD", "WEBHOOK_SECRET"):
+            secret = env[variable].split(":")[-1]
+            assert not any(secret in word for word in argv), f"{name}'s command line holds {variable}"
 
 
 def test_mlflow_is_a_tracking_server_on_postgres_with_served_artifacts() -> None:
@@ -466,8 +510,19 @@ def test_every_compose_variable_is_named_in_env_example() -> None:
             assert entries[name].active, f"docker-compose.yml needs {name}; .env.example only shows it commented out"
 
 
+def secret_variables() -> set[str]:
+    """Variables compose hands to services as secret files (``secrets: {name: {environment: VAR}}``)."""
+    return {spec["environment"] for spec in (load_compose().get("secrets") or {}).values() if "environment" in spec}
+
+
+def test_every_secret_variable_is_set_in_env_example() -> None:
+    entries = env_example()
+    for name in secret_variables():
+        assert name in entries and entries[name].active, f"compose reads secret {name}; .env.example must set it"
+
+
 def test_env_example_names_nothing_unknown() -> None:
-    known = set(settings_env_names()) | set(referenced_variables(load_compose()))
+    known = set(settings_env_names()) | set(referenced_variables(load_compose())) | secret_variables()
     unknown = sorted(set(env_example()) - known)
     assert not unknown, f".env.example names {unknown}: neither a Settings field nor used by docker-compose.yml"
 

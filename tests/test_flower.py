@@ -31,11 +31,12 @@ AUTH = ("operator", "flower-test-password")
 def flower(redis_url: str, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path / "flower.log"
-    command = [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1",
-               f"--basic-auth={AUTH[0]}:{AUTH[1]}"]  # fmt: skip
+    # As docker-compose.yml runs it: the login comes from FLOWER_BASIC_AUTH, never from an argument.
+    command = [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1"]
+    env = {**os.environ, "REDIS_URL": redis_url, "FLOWER_BASIC_AUTH": f"{AUTH[0]}:{AUTH[1]}"}
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "REDIS_URL": redis_url}, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:

@@ -113,8 +113,7 @@ def test_redis_gauges_count_waiting_jobs_their_age_and_the_stores(redis_url: str
         enqueue_registration(job_fields(staging / "model"))
     wait_until(lambda: time.time() - published_at >= 1.0, timeout_s=5, what="a second to pass")
     client.hset(QUARANTINE_KEY, mapping={"q1": "{}", "q2": "{}"})
-    failed_jobs.record_failure(client, job_id=str(uuid.uuid4()), reason="x", error_type="InvalidJobError", job={}, attempts=1,
-                               task="t")  # fmt: skip
+    failed_jobs.record_failure(client, str(uuid.uuid4()), reason="bad job", error_type="InvalidJobError")
     waiting = gauges()
     assert value(waiting, "hokusai_queue_depth", queue=REGISTRATION_QUEUE) == 3
     assert value(waiting, "hokusai_queue_depth", queue=WEBHOOK_QUEUE) == 0
