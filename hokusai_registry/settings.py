@@ -98,6 +98,12 @@ class Settings(BaseSettings):
         "for a local store, the server's default for a tracking server.",
     )
 
+    upload_tracking_uri: str | None = Field(
+        default=None,
+        description="Producers: http(s) URL of the stack's MLflow tracking server; save_and_enqueue then "
+        "uploads models to its served artifacts instead of a staging folder.",
+    )
+
     # --- job intake ----------------------------------------------------------------------
     allowed_artifact_schemes: Annotated[list[str], NoDecode] = Field(
         default=list(DEFAULT_ARTIFACT_SCHEMES),
