@@ -44,3 +44,14 @@ def test_redis_password_joins_the_url_unless_it_has_one(monkeypatch: pytest.Monk
     assert kwargs["password"] == "p@ss:word/1" and kwargs["host"] == "redis.internal" and kwargs["db"] == 2
     monkeypatch.setenv("REDIS_URL", "redis://:own@redis.internal:6380/2")
     assert Settings().redis_url == "redis://:own@redis.internal:6380/2", "a password in REDIS_URL is kept"
+
+
+def test_tracking_server_uri_takes_the_database_password_from_its_file(tmp_path: Path) -> None:
+    from hokusai_app.tracking_server import backend_store_uri
+    from hokusai_registry.errors import ConfigurationError
+
+    (tmp_path / "pg").write_text("s3cr@t/pw\n", encoding="utf-8")
+    uri = backend_store_uri({"POSTGRES_PASSWORD_FILE": str(tmp_path / "pg"), "POSTGRES_DB": "tracking"})
+    assert uri == "postgresql+psycopg2://mlflow:s3cr%40t%2Fpw@postgres:5432/tracking"
+    with pytest.raises(ConfigurationError, match="both POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE"):
+        backend_store_uri({"POSTGRES_PASSWORD_FILE": str(tmp_path / "pg"), "POSTGRES_PASSWORD": "x"})

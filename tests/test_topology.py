@@ -13,17 +13,21 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import redis
 from mlflow.tracking import MlflowClient
 
-from devtools.devstack import private_redis_server
+from devtools.devstack import free_port, log_tail, private_redis_server, stop_process_group
 from devtools.receiver import WebhookReceiver
-from tests.mlflow_server import running_mlflow_server
+from tests.mlflow_server import fresh_database
 from tests.test_webhooks_e2e import SECRET
-from tests.worker_process import ROOT, WorkerProcess
+from tests.worker_process import ROOT, WorkerProcess, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -48,6 +52,43 @@ def secret_file(folder: Path, name: str, value: str) -> str:
     return str(path)
 
 
+@contextmanager
+def tracking_server(artifacts: Path, password_file: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``python -m hokusai_app.tracking_server`` as compose runs it: the password from a file."""
+    with fresh_database() as database_uri:
+        database = urlsplit(database_uri)
+        port = free_port()
+        env = {
+            **os.environ,
+            "POSTGRES_USER": database.username or "postgres",
+            "POSTGRES_PASSWORD_FILE": password_file,
+            "POSTGRES_HOST": database.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(database.port),
+            "POSTGRES_DB": database.path.lstrip("/"),
+        }
+        command = [sys.executable, "-m", "hokusai_app.tracking_server", "--artifacts-destination", str(artifacts),
+                   "--host", "127.0.0.1", "--port", str(port), "--allowed-hosts", f"127.0.0.1:{port}"]  # fmt: skip
+        log_path = artifacts.parent / "tracking-server.log"
+        artifacts.mkdir(parents=True)
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            assert process.poll() is None, log_tail(log_path)
+            try:
+                return httpx.get(f"{url}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        try:
+            wait_until(healthy, timeout_s=180, interval_s=0.5, what="the tracking server")
+            yield url, process
+        finally:
+            stop_process_group(process, timeout_s=10)
+
+
 def command_lines(pid: int) -> list[str]:
     """The command lines of ``pid`` and every process in its process group."""
     lines = []
@@ -63,12 +104,15 @@ def command_lines(pid: int) -> list[str]:
 
 
 def test_a_pipeline_on_another_host_uploads_and_registers_through_the_stack(tmp_path: Path) -> None:
-    password = uuid.uuid4().hex
+    password, db_password = uuid.uuid4().hex, uuid.uuid4().hex  # PostgreSQL here trusts loopback: any works
     artifacts = tmp_path / "server" / "artifacts"
     worker_dir, producer_dir = tmp_path / "worker", tmp_path / "producer"
     with (
         private_redis_server(tmp_path / "redis", password) as redis_url,  # StackError fails the test
-        running_mlflow_server(artifacts_dir=artifacts) as tracking_url,
+        tracking_server(artifacts, secret_file(tmp_path / "server", "postgres_password", db_password)) as (
+            tracking_url,
+            server,
+        ),
         WebhookReceiver(SECRET) as receiver,
     ):
         with pytest.raises(redis.AuthenticationError):
@@ -102,6 +146,7 @@ def test_a_pipeline_on_another_host_uploads_and_registers_through_the_stack(tmp_
             job_id = produced.stdout.strip().splitlines()[-1]
             (event,) = receiver.wait_for(1, timeout_s=120)
             worker_lines = command_lines(worker.process.pid)  # type: ignore[union-attr]
+            server_lines = command_lines(server.pid)
             worker_log = worker.log_text()
         (version,) = MlflowClient(tracking_url).search_model_versions(f"tags.job_id = '{job_id}'")
 
@@ -112,6 +157,8 @@ def test_a_pipeline_on_another_host_uploads_and_registers_through_the_stack(tmp_
     assert not (producer_dir / "home" / "staging").exists(), "the producer staged nothing locally"
     assert job_id in worker_log
     assert worker_lines and not any(password in line for line in worker_lines), "a password on a command line"
+    assert any("mlflow" in line for line in server_lines)
+    assert not any(db_password in line for line in server_lines), "the database password on a command line"
     assert password not in worker_log and SECRET.removeprefix("whsec_") not in worker_log
 
 
