@@ -39,7 +39,7 @@ REQUIRED_SERVICES = {"redis", "postgres", "mlflow", "worker", "flower", "receive
 ONE_SHOT_SERVICES: set[str] = set()
 #: Executables that third-party images ship, by image repository.
 IMAGE_BINARIES = {
-    "redis": {"redis-server", "redis-cli"},
+    "redis": {"redis-server", "redis-cli", "sh"},
     "postgres": {"pg_isready", "postgres"},
     "prometheus": {"prometheus", "promtool", "wget"},  # busybox-based image
     "grafana": {"grafana", "wget"},  # alpine-based image
@@ -433,28 +433,69 @@ def test_secrets_reach_services_as_files_and_never_as_arguments() -> None:
                 assert str(value).startswith("/run/secrets/"), f"{name}: {key} should name a secret file"
     grafana = compose["services"]["grafana"]["environment"]
     assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana and grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"]
-    env = example_env()
-    for name in ("flower", "worker", "prometheus", "grafana"):
-        argv = argv_of(compose["services"][name].get("command")) + argv_of(compose["services"][name].get("entrypoint"))
-        for variable in ("FLOWER_BASIC_AUTH", "GRAFANA_ADMIN_PASSWORD", "WEBHOOK_SECRET"):
-            secret = env[variable].split(":")[-1]
-            assert not any(secret in word for word in argv), f"{name}'s command line holds {variable}"
+    flower_password = example_env()["FLOWER_BASIC_AUTH"].split(":")[-1]
+    for name, service in compose["services"].items():
+        argv = argv_of(service.get("command")) + argv_of(service.get("entrypoint"))
+        assert not any(flower_password in word for word in argv), f"{name}'s command line holds Flower's password"
+        assert not any(re.search(r"(?i)(password|secret)[^/]*=", word) for word in argv), f"{name}: {argv}"
+    for variable in ("WEBHOOK_SECRET", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+        assert variable not in example_env(), f".env.example sets {variable}: it belongs in a secret file"
 
 
 def test_mlflow_is_a_tracking_server_on_postgres_with_served_artifacts() -> None:
+    from hokusai_app.tracking_server import backend_store_uri
+
     compose = interpolated_compose()
     mlflow = compose["services"]["mlflow"]
     argv = argv_of(mlflow["command"])
-    assert argv[:2] == ["mlflow", "server"], argv
-    backend = option_value(argv, "--backend-store-uri") or ""
-    scheme, host = urlsplit(backend).scheme, urlsplit(backend).hostname  # never print the password
-    assert scheme in ("postgresql", "postgresql+psycopg2"), f"backend store is {scheme!r}, not PostgreSQL"
+    assert argv[:3] == ["python", "-m", "hokusai_app.tracking_server"], argv
+    assert option_value(argv, "--backend-store-uri") is None, "the database password would be on a command line"
+    environment = mlflow["environment"]
+    assert environment["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert "postgres_password" in mlflow["secrets"]
+    backend = backend_store_uri({k: v for k, v in environment.items() if k != "POSTGRES_PASSWORD_FILE"})
+    scheme, host = urlsplit(backend).scheme, urlsplit(backend).hostname
+    assert scheme == "postgresql+psycopg2", f"backend store is {scheme!r}, not PostgreSQL"
     assert host in compose["services"], f"the backend store's host {host!r} is no compose service"
+    postgres = compose["services"]["postgres"]["environment"]
+    assert (
+        postgres["POSTGRES_USER"] == environment["POSTGRES_USER"]
+        and postgres["POSTGRES_DB"] == environment["POSTGRES_DB"]
+    )
+    assert postgres["POSTGRES_PASSWORD_FILE"] == environment["POSTGRES_PASSWORD_FILE"]
     destination = option_value(argv, "--artifacts-destination")
     assert destination, "mlflow has no --artifacts-destination"
     mounts = [str(volume).split(":")[1] for volume in mlflow.get("volumes") or []]
     assert destination in mounts, f"--artifacts-destination {destination} is not on a volume ({mounts})"
     assert "--no-serve-artifacts" not in argv
+
+
+def test_redis_wants_a_password_and_is_published_on_loopback() -> None:
+    raw = load_compose()["services"]["redis"]
+    redis_service = interpolated_compose()["services"]["redis"]
+    script = " ".join(argv_of(redis_service["command"]))
+    assert "requirepass" in script and "/run/secrets/redis_password" in script
+    assert "redis_password" in redis_service["secrets"]
+    (published,) = redis_service["ports"]
+    address, _, container_port = str(published).rsplit(":", 2)
+    assert address == "127.0.0.1" and container_port == "6379", "Redis must be published on loopback by default"
+    assert "${REDIS_PUBLISH_ADDRESS:-127.0.0.1}" in str(raw["ports"][0])
+    assert "REDISCLI_AUTH" in " ".join(healthcheck_argv(redis_service["healthcheck"])), "the healthcheck must log in"
+    for name in ("worker", "flower"):
+        service = interpolated_compose()["services"][name]
+        assert service["environment"]["REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password", name
+        assert "redis_password" in service["secrets"], name
+
+
+def test_secret_files_stay_out_of_git_and_the_image() -> None:
+    sources = {spec["file"] for spec in (load_compose().get("secrets") or {}).values() if "file" in spec}
+    assert sources, "no secret files"
+    assert all(source.startswith("./secrets/") for source in sources), sources
+    assert "secrets/" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
+    assert "secrets" in DOCKERIGNORE.read_text(encoding="utf-8").split()
+    script = (ROOT / "scripts/make-secrets.sh").read_text(encoding="utf-8")
+    for source in sources:
+        assert f"new {Path(source).name} " in script, f"scripts/make-secrets.sh does not make {source}"
 
 
 def test_mlflow_accepts_the_host_names_clients_use() -> None:
@@ -547,15 +588,25 @@ def test_commented_values_are_the_built_in_defaults(monkeypatch: pytest.MonkeyPa
         monkeypatch.delenv(name)
 
 
-def test_env_example_values_make_a_working_worker_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_example_values_make_a_working_worker_configuration(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from worker.webhooks.delivery import check_webhook_config
 
     names = settings_env_names()
     for name, value in example_env().items():
         if name in names:
             monkeypatch.setenv(name, value)
+    worker = interpolated_compose()["services"]["worker"]
+    for name, path in worker["environment"].items():  # the secret files, as make-secrets.sh writes them
+        if name.endswith("_FILE"):
+            assert name.removesuffix("_FILE") in names, f"worker: {name} names no setting"
+            secret = tmp_path / Path(path).name
+            secret.write_text("whsec_" + "QUJD" * 8 + "\n", encoding="utf-8")
+            monkeypatch.setenv(name, str(secret))
     settings = Settings()
-    assert settings.redis_url == example_env()["REDIS_URL"]
+    assert urlsplit(settings.redis_url).hostname == urlsplit(example_env()["REDIS_URL"]).hostname
+    assert urlsplit(settings.redis_url).password, "the password file reached REDIS_URL"
     check_webhook_config(settings)  # the worker would refuse to start otherwise
 
 

@@ -135,3 +135,5 @@ def test_flower_api_refuses_requests_without_credentials(flower: str) -> None:
         assert httpx.get(f"{flower}{path}", timeout=5).status_code == 401, path
         assert httpx.get(f"{flower}{path}", auth=("operator", "wrong"), timeout=5).status_code == 401, path
     assert httpx.get(f"{flower}/api/tasks", auth=AUTH, timeout=5).status_code == 200
+    metrics = httpx.get(f"{flower}/metrics", timeout=5)  # Celery's task metrics, for Prometheus
+    assert metrics.status_code == 200 and "flower_events_total" in metrics.text
