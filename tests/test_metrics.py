@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +23,7 @@ from producers import enqueue_registration
 from producers.enqueue import webhook_task_id
 from tests.queue_helpers import client_app, job_fields, save_model_dir, wait_result
 from tests.test_webhooks_e2e import SECRET
-from tests.worker_process import WorkerProcess, wait_until
+from tests.worker_process import ROOT, WorkerProcess, wait_until
 from worker.metrics import EXPORTED_METRICS, QUARANTINE_KEY, RedisCollector
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -45,6 +48,13 @@ def test_metrics_endpoint_of_a_prefork_worker_counts_real_jobs(
     port = free_port()
     model_dir = save_model_dir(sk_model, staging)
     app = client_app(redis_url)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    # a previous run's counter file: the worker must start from zero, not add it in
+    stale = "from worker.metrics import REGISTRATIONS; REGISTRATIONS.labels('success').inc(5)"
+    subprocess.run([sys.executable, "-c", stale], cwd=ROOT, check=True, timeout=120,
+                   env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})  # fmt: skip
+    assert list(metrics_dir.glob("*.db"))
     with WebhookReceiver(SECRET) as receiver:
         receiver.script(200, 400)  # the first event is delivered, the second dead-lettered at once
         env = {
@@ -53,7 +63,7 @@ def test_metrics_endpoint_of_a_prefork_worker_counts_real_jobs(
             "WEBHOOK_SECRET": SECRET,
             "WEBHOOK_ALLOW_HTTP": "true",
             "METRICS_PORT": str(port),
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         }
         with WorkerProcess(env, tmp_path, concurrency=2) as worker:
             delivered = enqueue_registration(job_fields(model_dir))
@@ -74,8 +84,13 @@ def test_metrics_endpoint_of_a_prefork_worker_counts_real_jobs(
                 timeout_s=20,
                 what="the metrics to count every job",
             )
+            # what the compose healthcheck does (`celery -A worker inspect ping`) must not wipe the counters
+            ping = [sys.executable, "-m", "celery", "-A", "worker", "inspect", "ping", "--timeout", "10"]
+            subprocess.run(ping, cwd=ROOT, env=worker.env, capture_output=True, timeout=120)
+            after_ping = parse(httpx.get(url, timeout=5).text)
 
     assert value(samples, "hokusai_registrations_total", outcome="success") == 2
+    assert value(after_ping, "hokusai_registrations_total", outcome="success") == 2
     assert value(samples, "hokusai_registrations_total", outcome="failure") == 1
     assert value(samples, "hokusai_registration_duration_seconds_count", outcome="success") == 2
     assert value(samples, "hokusai_registration_duration_seconds_sum", outcome="success") > 0

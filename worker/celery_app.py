@@ -22,17 +22,17 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
 
 
 def prepare_metrics_dir(settings: Settings) -> None:
-    """With ``METRICS_PORT`` set, give prometheus_client's multiprocess mode an empty folder.
+    """With ``METRICS_PORT`` set, point prometheus_client's multiprocess mode at its folder.
 
     Must run before ``prometheus_client`` is imported (it picks its mode then). The folder is
-    ``PROMETHEUS_MULTIPROC_DIR`` (one per worker: it is emptied here), else a fresh temporary one.
+    ``PROMETHEUS_MULTIPROC_DIR`` (one per worker), else a fresh temporary one. Only the worker
+    itself empties it (``MetricsServer``): other commands importing the app (``celery inspect``
+    in a healthcheck) must not wipe a running worker's counters.
     """
     if settings.metrics_port is None:
         return
     folder = settings.prometheus_multiproc_dir or Path(tempfile.mkdtemp(prefix="hokusai-metrics-"))
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.db"):
-        stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -201,6 +202,14 @@ class MetricsServer(bootsteps.StartStopStep):
     """Serve ``/metrics`` from the main worker process when ``METRICS_PORT`` is set."""
 
     requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if get_settings().metrics_port is not None and folder:
+            # Before the pool forks: a previous run's files would be summed into this run's counters.
+            for stale in Path(folder).glob("*.db"):
+                stale.unlink()
 
     def start(self, parent: Any) -> None:
         settings = get_settings()
