@@ -101,6 +101,37 @@ def redis_server(redis_url: str, work_dir: Path) -> Iterator[str]:
         stop_process_group(process)
 
 
+@contextmanager
+def private_redis_server(work_dir: Path, password: str) -> Iterator[str]:
+    """A fresh ``redis-server`` with ``requirepass`` on a free loopback port; yield its URL (no password in it).
+
+    The password goes into a config file in ``work_dir``, never onto the command line.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StackError("redis-server is not installed")
+    port = free_port()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log_path = work_dir / f"redis-{port}.log"
+    config = work_dir / f"redis-{port}.conf"
+    config.write_text(
+        f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly no\ndir {work_dir}\nlogfile {log_path}\n'
+        f"requirepass {password}\n",
+        encoding="utf-8",
+    )
+    config.chmod(0o600)
+    process = subprocess.Popen([binary, str(config)], start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        try:
+            wait_until(lambda: port_open("127.0.0.1", port), timeout_s=20, what="redis-server")
+        except TimeoutError as exc:
+            raise StackError(f"redis-server did not start:\n{log_tail(log_path)}") from exc
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop_process_group(process)
+
+
 class WorkerProcess:
     """One ``celery -A worker worker`` in its own process group, logging to a file."""
 

@@ -2,8 +2,8 @@
 
 Used in-process by the tests and the demo (:class:`WebhookReceiver`), and as the docker-compose
 ``receiver`` service (``python -m devtools.receiver --host 0.0.0.0 --port 8787``, secret from
-``WEBHOOK_SECRET``). It answers 401 to a bad signature, 200 to a repeated idempotency key, and
-otherwise what it was scripted to answer (default 200), optionally after a delay.
+``WEBHOOK_SECRET`` or ``WEBHOOK_SECRET_FILE``). It answers 401 to a bad signature, 200 to a
+repeated idempotency key, and otherwise what it was scripted to answer (default 200), optionally after a delay.
 
 It verifies the way the marketplace and a Standard Webhooks consumer would, independently of the
 sender's code: ``X-Hokusai-Signature`` with :mod:`hmac` keyed by the secret's UTF-8 bytes, and
@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -214,12 +213,17 @@ def run_receiver(host: str, port: int, secret: str | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Sample webhook receiver; the secret comes from WEBHOOK_SECRET.")
+    parser = argparse.ArgumentParser(
+        description="Sample webhook receiver; the secret comes from WEBHOOK_SECRET or WEBHOOK_SECRET_FILE."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8787)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    run_receiver(args.host, args.port, os.environ.get("WEBHOOK_SECRET") or None)
+    from hokusai_registry.settings import Settings  # the one settings rule, *_FILE included
+
+    secret = Settings().webhook_secret
+    run_receiver(args.host, args.port, (secret.get_secret_value() if secret else "") or None)
 
 
 if __name__ == "__main__":

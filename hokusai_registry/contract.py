@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import time
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 from uuid import UUID, uuid4
@@ -39,6 +40,16 @@ def webhook_task_id(job_id: str | UUID) -> str:
 def job_id_of_task(task_id: str) -> str:
     """The job id a registration or webhook task id belongs to."""
     return task_id.removesuffix(WEBHOOK_TASK_ID_SUFFIX)
+
+
+#: Message header with the publish time (epoch seconds): the age of the oldest waiting job is read from it.
+ENQUEUED_AT_HEADER = "hokusai_enqueued_at"
+
+
+def stamp_enqueued_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Celery ``before_task_publish`` handler: stamp every published task with its publish time."""
+    if headers is not None:
+        headers.setdefault(ENQUEUED_AT_HEADER, time.time())
 
 
 #: Queues: registrations and webhooks scale and fail independently.

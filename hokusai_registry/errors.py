@@ -8,8 +8,9 @@
     │   │   │   └── ArtifactNotFoundError   the URI is allowed but holds no MLflow model
     │   │   └── SignatureError          malformed signature, or an example that does not match it
     │   ├── ConfigurationError      a setting that cannot work (missing secret, bad URL)
-    │   └── WebhookRejectedError    the endpoint answered a 3xx or 4xx that will not get better
-    │       └── WebhookEndpointGoneError    410 Gone: the endpoint was removed
+    │   ├── WebhookRejectedError    the endpoint answered a 3xx or 4xx that will not get better
+    │   │   └── WebhookEndpointGoneError    410 Gone: the endpoint was removed
+    │   └── WebhookDeadLetteredError    a webhook task's event ended dead-lettered (replay it)
     └── RetryableError              try again later: the world may have changed
         ├── RegistryUnavailableError    MLflow unreachable, 5xx, or locked store
         ├── BrokerUnavailableError      Redis unreachable
@@ -76,6 +77,13 @@ class WebhookRejectedError(PermanentError):
 
 class WebhookEndpointGoneError(WebhookRejectedError):
     """The endpoint answered 410 Gone: it was removed; fix ``WEBHOOK_URL``, then replay."""
+
+
+class WebhookDeadLetteredError(PermanentError):
+    """A webhook task's event ended in the dead letters: the task fails, naming the event and why.
+
+    One plain message argument, so Celery's JSON result backend (and Flower) keep it whole.
+    """
 
 
 class RegistryUnavailableError(RetryableError):

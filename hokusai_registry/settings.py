@@ -9,13 +9,20 @@ This module imports only pydantic and the standard library, so producers can use
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 #: Schemes MLflow's artifact repositories read, accepted for ``artifact_uri`` by default.
 DEFAULT_ARTIFACT_SCHEMES = (
@@ -32,8 +39,38 @@ DEFAULT_ARTIFACT_SCHEMES = (
 )
 
 
+class FileVariables(PydanticBaseSettingsSource):
+    """``<NAME>_FILE``: any setting read from a file (compose/Docker secrets), the one rule for all of them.
+
+    The file's text is the value (one trailing newline dropped). Setting both ``NAME`` and
+    ``NAME_FILE`` is an error, as is a file that cannot be read; both messages name the variable.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything happens in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        environ = {key.upper(): value for key, value in os.environ.items()}
+        values: dict[str, Any] = {}
+        for env_name, field_name in self.settings_cls.env_var_names().items():  # type: ignore[attr-defined]
+            path = environ.get(f"{env_name}_FILE")
+            if not path:
+                continue
+            if environ.get(env_name):
+                raise ValueError(f"both {env_name} and {env_name}_FILE are set; set one of them")
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"{env_name}_FILE: cannot read {path}: {exc.strerror or exc}") from exc
+            values[field_name] = text.removesuffix("\n").removesuffix("\r")
+        return values
+
+
 class Settings(BaseSettings):
-    """All configuration of producers, workers and the CLI. See ``docs/configuration.md``."""
+    """All configuration of producers, workers and the CLI. See ``docs/configuration.md``.
+
+    Every variable may also be given as ``<NAME>_FILE``, the path of a file holding the value.
+    """
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
@@ -46,6 +83,10 @@ class Settings(BaseSettings):
         default="redis://127.0.0.1:6379/0",
         description="Broker, result backend and the failed-jobs / dead-letter stores.",
     )
+    redis_password: SecretStr | None = Field(
+        default=None,
+        description="Password of a Redis with requirepass, added to REDIS_URL when that URL has none.",
+    )
     mlflow_tracking_uri: str | None = Field(
         default=None,
         description="MLflow tracking (and registry) URI. Default: sqlite:///$HOKUSAI_HOME/mlflow.db.",
@@ -55,6 +96,12 @@ class Settings(BaseSettings):
         default=None,
         description="Artifact location for a newly created experiment. Default: $HOKUSAI_HOME/artifacts "
         "for a local store, the server's default for a tracking server.",
+    )
+
+    upload_tracking_uri: str | None = Field(
+        default=None,
+        description="Producers: http(s) URL of the stack's MLflow tracking server; save_and_enqueue then "
+        "uploads models to its served artifacts instead of a staging folder.",
     )
 
     # --- job intake ----------------------------------------------------------------------
@@ -108,6 +155,22 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="How often each worker hands due deferred webhook retries to a task."
     )
 
+    # --- metrics -------------------------------------------------------------------------
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port of the worker's Prometheus endpoint (/metrics); unset: no endpoint. See docs/operations.md.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address the metrics endpoint listens on (0.0.0.0 inside a container)."
+    )
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        description="Folder for the prefork pool's metric files (prometheus_client multiprocess mode); "
+        "default with METRICS_PORT: a fresh temporary folder per worker.",
+    )
+
     # --- logging -------------------------------------------------------------------------
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: Literal["text", "json"] = Field(default="text", description="text, or json: one object per line.")
@@ -153,6 +216,27 @@ class Settings(BaseSettings):
                 "and they run twice"
             )
         return self
+
+    @model_validator(mode="after")
+    def _add_redis_password(self) -> Settings:
+        password = self.redis_password.get_secret_value() if self.redis_password else ""
+        parts = urlsplit(self.redis_url)
+        if password and parts.scheme != "unix" and parts.password is None:
+            user = quote(parts.username, safe="") if parts.username else ""
+            netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+            self.redis_url = urlunsplit(parts._replace(netloc=netloc))
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, FileVariables(settings_cls), dotenv_settings, file_secret_settings
 
     @classmethod
     def env_var_names(cls) -> dict[str, str]:

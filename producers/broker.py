@@ -18,14 +18,17 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import kombu.exceptions
 import redis.exceptions
-from celery import Celery
+from celery import Celery, signals
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_exponential_jitter
 
-from hokusai_registry.contract import CELERY_WIRE_SETTINGS
+from hokusai_registry.contract import CELERY_WIRE_SETTINGS, stamp_enqueued_at
 from hokusai_registry.errors import BrokerUnavailableError, ConfigurationError
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
+
+# Every message carries its publish time, so the worker's metrics can tell how long the oldest waited.
+signals.before_task_publish.connect(stamp_enqueued_at, weak=False)
 
 #: Seconds to wait for one TCP connect to Redis; the retry budget is ENQUEUE_RETRY_S on top.
 CONNECT_TIMEOUT_S = 3.0

@@ -34,11 +34,16 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-REQUIRED_SERVICES = {"redis", "postgres", "mlflow", "worker", "flower", "receiver"}
+REQUIRED_SERVICES = {"redis", "postgres", "mlflow", "worker", "flower", "receiver", "prometheus", "grafana"}
 #: Services that run once and exit (need no healthcheck). None so far.
 ONE_SHOT_SERVICES: set[str] = set()
 #: Executables that third-party images ship, by image repository.
-IMAGE_BINARIES = {"redis": {"redis-server", "redis-cli"}, "postgres": {"pg_isready", "postgres"}}
+IMAGE_BINARIES = {
+    "redis": {"redis-server", "redis-cli", "sh"},
+    "postgres": {"pg_isready", "postgres"},
+    "prometheus": {"prometheus", "promtool", "wget"},  # busybox-based image
+    "grafana": {"grafana", "wget"},  # alpine-based image
+}
 #: Ports third-party images listen on when their command does not say.
 DEFAULT_PORTS = {"redis": 6379, "postgres": 5432}
 PLACEHOLDER = "change-me"
@@ -384,33 +389,113 @@ def test_worker_waits_for_healthy_redis_and_mlflow() -> None:
         assert depends[needed].get("condition") == "service_healthy", f"worker does not wait for a healthy {needed}"
 
 
-def test_flower_requires_basic_auth() -> None:
+def test_flower_requires_basic_auth_from_the_environment() -> None:
     raw = load_compose()["services"]["flower"]
-    argv = argv_of(interpolated_compose()["services"]["flower"]["command"])
-    credentials = option_value(argv, "--basic-auth")
-    assert credentials, "flower runs without --basic-auth: its UI would be open"
+    flower = interpolated_compose()["services"]["flower"]
+    argv = argv_of(flower["command"])
+    assert option_value(argv, "--basic-auth") is None, "flower's password is on its command line: use FLOWER_BASIC_AUTH"
+    credentials = (flower.get("environment") or {}).get("FLOWER_BASIC_AUTH")
+    assert credentials, "flower runs without FLOWER_BASIC_AUTH: its UI would be open"
     user, sep, password = credentials.partition(":")
-    assert sep and user and password, f"--basic-auth must be user:password, got {credentials!r}"
-    raw_value = option_value(argv_of(raw["command"]), "--basic-auth") or ""
-    assert "${" in raw_value, "flower's credentials are written into docker-compose.yml: take them from .env"
+    assert sep and user and password, f"FLOWER_BASIC_AUTH must be user:password, got {credentials!r}"
+    assert "${" in raw["environment"]["FLOWER_BASIC_AUTH"], "flower's credentials are written into the file"
     assert option_value(argv, "--port") == "5555", "flower must listen on 5555"
     assert any(str(port).split(":")[-1] == "5555" for port in raw.get("ports") or []), "flower's 5555 is not published"
 
 
+def test_worker_serves_metrics_that_prometheus_scrapes() -> None:
+    compose = interpolated_compose()
+    environment = compose["services"]["worker"].get("environment") or {}
+    port = environment.get("METRICS_PORT")
+    assert port and environment.get("METRICS_HOST") == "0.0.0.0", "the worker's /metrics is unreachable in compose"
+    assert environment.get("PROMETHEUS_MULTIPROC_DIR"), "the prefork pool needs a multiprocess folder"
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text(encoding="utf-8"))
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "hokusai-worker"]
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["worker"] and str(sd["port"]) == str(port)
+    prometheus = compose["services"]["prometheus"]
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in prometheus["volumes"]}
+    assert mounts.get("/etc/prometheus") == "./deploy/prometheus"
+    for rule_file in config["rule_files"]:
+        assert (ROOT / "deploy/prometheus" / Path(rule_file).name).is_file(), rule_file
+    assert option_value(argv_of(prometheus["entrypoint"]), "--config.file") == "/etc/prometheus/prometheus.yml"
+
+
+def test_secrets_reach_services_as_files_and_never_as_arguments() -> None:
+    compose = interpolated_compose()
+    declared = set(compose.get("secrets") or {})
+    for name, service in compose["services"].items():
+        for secret in service.get("secrets") or []:
+            source = secret if isinstance(secret, str) else secret["source"]
+            assert source in declared, f"service {name!r} uses undeclared secret {source!r}"
+        for key, value in (service.get("environment") or {}).items():
+            if key.endswith("__FILE") or key.endswith("_FILE"):
+                assert str(value).startswith("/run/secrets/"), f"{name}: {key} should name a secret file"
+    grafana = compose["services"]["grafana"]["environment"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana and grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"]
+    flower_password = example_env()["FLOWER_BASIC_AUTH"].split(":")[-1]
+    for name, service in compose["services"].items():
+        argv = argv_of(service.get("command")) + argv_of(service.get("entrypoint"))
+        assert not any(flower_password in word for word in argv), f"{name}'s command line holds Flower's password"
+        assert not any(re.search(r"(?i)(password|secret)[^/]*=", word) for word in argv), f"{name}: {argv}"
+    for variable in ("WEBHOOK_SECRET", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+        assert variable not in example_env(), f".env.example sets {variable}: it belongs in a secret file"
+
+
 def test_mlflow_is_a_tracking_server_on_postgres_with_served_artifacts() -> None:
+    from hokusai_app.tracking_server import backend_store_uri
+
     compose = interpolated_compose()
     mlflow = compose["services"]["mlflow"]
     argv = argv_of(mlflow["command"])
-    assert argv[:2] == ["mlflow", "server"], argv
-    backend = option_value(argv, "--backend-store-uri") or ""
-    scheme, host = urlsplit(backend).scheme, urlsplit(backend).hostname  # never print the password
-    assert scheme in ("postgresql", "postgresql+psycopg2"), f"backend store is {scheme!r}, not PostgreSQL"
+    assert argv[:3] == ["python", "-m", "hokusai_app.tracking_server"], argv
+    assert option_value(argv, "--backend-store-uri") is None, "the database password would be on a command line"
+    environment = mlflow["environment"]
+    assert environment["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert "postgres_password" in mlflow["secrets"]
+    backend = backend_store_uri({k: v for k, v in environment.items() if k != "POSTGRES_PASSWORD_FILE"})
+    scheme, host = urlsplit(backend).scheme, urlsplit(backend).hostname
+    assert scheme == "postgresql+psycopg2", f"backend store is {scheme!r}, not PostgreSQL"
     assert host in compose["services"], f"the backend store's host {host!r} is no compose service"
+    postgres = compose["services"]["postgres"]["environment"]
+    assert (
+        postgres["POSTGRES_USER"] == environment["POSTGRES_USER"]
+        and postgres["POSTGRES_DB"] == environment["POSTGRES_DB"]
+    )
+    assert postgres["POSTGRES_PASSWORD_FILE"] == environment["POSTGRES_PASSWORD_FILE"]
     destination = option_value(argv, "--artifacts-destination")
     assert destination, "mlflow has no --artifacts-destination"
     mounts = [str(volume).split(":")[1] for volume in mlflow.get("volumes") or []]
     assert destination in mounts, f"--artifacts-destination {destination} is not on a volume ({mounts})"
     assert "--no-serve-artifacts" not in argv
+
+
+def test_redis_wants_a_password_and_is_published_on_loopback() -> None:
+    raw = load_compose()["services"]["redis"]
+    redis_service = interpolated_compose()["services"]["redis"]
+    script = " ".join(argv_of(redis_service["command"]))
+    assert "requirepass" in script and "/run/secrets/redis_password" in script
+    assert "redis_password" in redis_service["secrets"]
+    (published,) = redis_service["ports"]
+    address, _, container_port = str(published).rsplit(":", 2)
+    assert address == "127.0.0.1" and container_port == "6379", "Redis must be published on loopback by default"
+    assert "${REDIS_PUBLISH_ADDRESS:-127.0.0.1}" in str(raw["ports"][0])
+    assert "REDISCLI_AUTH" in " ".join(healthcheck_argv(redis_service["healthcheck"])), "the healthcheck must log in"
+    for name in ("worker", "flower"):
+        service = interpolated_compose()["services"][name]
+        assert service["environment"]["REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password", name
+        assert "redis_password" in service["secrets"], name
+
+
+def test_secret_files_stay_out_of_git_and_the_image() -> None:
+    sources = {spec["file"] for spec in (load_compose().get("secrets") or {}).values() if "file" in spec}
+    assert sources, "no secret files"
+    assert all(source.startswith("./secrets/") for source in sources), sources
+    assert "secrets/" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
+    assert "secrets" in DOCKERIGNORE.read_text(encoding="utf-8").split()
+    script = (ROOT / "scripts/make-secrets.sh").read_text(encoding="utf-8")
+    for source in sources:
+        assert f"new {Path(source).name} " in script, f"scripts/make-secrets.sh does not make {source}"
 
 
 def test_mlflow_accepts_the_host_names_clients_use() -> None:
@@ -466,8 +551,19 @@ def test_every_compose_variable_is_named_in_env_example() -> None:
             assert entries[name].active, f"docker-compose.yml needs {name}; .env.example only shows it commented out"
 
 
+def secret_variables() -> set[str]:
+    """Variables compose hands to services as secret files (``secrets: {name: {environment: VAR}}``)."""
+    return {spec["environment"] for spec in (load_compose().get("secrets") or {}).values() if "environment" in spec}
+
+
+def test_every_secret_variable_is_set_in_env_example() -> None:
+    entries = env_example()
+    for name in secret_variables():
+        assert name in entries and entries[name].active, f"compose reads secret {name}; .env.example must set it"
+
+
 def test_env_example_names_nothing_unknown() -> None:
-    known = set(settings_env_names()) | set(referenced_variables(load_compose()))
+    known = set(settings_env_names()) | set(referenced_variables(load_compose())) | secret_variables()
     unknown = sorted(set(env_example()) - known)
     assert not unknown, f".env.example names {unknown}: neither a Settings field nor used by docker-compose.yml"
 
@@ -492,15 +588,25 @@ def test_commented_values_are_the_built_in_defaults(monkeypatch: pytest.MonkeyPa
         monkeypatch.delenv(name)
 
 
-def test_env_example_values_make_a_working_worker_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_example_values_make_a_working_worker_configuration(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from worker.webhooks.delivery import check_webhook_config
 
     names = settings_env_names()
     for name, value in example_env().items():
         if name in names:
             monkeypatch.setenv(name, value)
+    worker = interpolated_compose()["services"]["worker"]
+    for name, path in worker["environment"].items():  # the secret files, as make-secrets.sh writes them
+        if name.endswith("_FILE"):
+            assert name.removesuffix("_FILE") in names, f"worker: {name} names no setting"
+            secret = tmp_path / Path(path).name
+            secret.write_text("whsec_" + "QUJD" * 8 + "\n", encoding="utf-8")
+            monkeypatch.setenv(name, str(secret))
     settings = Settings()
-    assert settings.redis_url == example_env()["REDIS_URL"]
+    assert urlsplit(settings.redis_url).hostname == urlsplit(example_env()["REDIS_URL"]).hostname
+    assert urlsplit(settings.redis_url).password, "the password file reached REDIS_URL"
     check_webhook_config(settings)  # the worker would refuse to start otherwise
 
 

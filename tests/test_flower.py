@@ -14,11 +14,11 @@ import httpx
 import pytest
 
 from devtools.devstack import free_port, log_tail, stop_process_group
-from devtools.receiver import WebhookReceiver
+from devtools.receiver import ScriptedResponse, WebhookReceiver
 from hokusai_registry.contract import REGISTER_TASK, WEBHOOK_TASK
 from producers import enqueue_registration
 from producers.enqueue import webhook_task_id
-from tests.queue_helpers import job_fields, save_model_dir
+from tests.queue_helpers import client_app, job_fields, save_model_dir
 from tests.test_webhooks_e2e import SECRET
 from tests.worker_process import ROOT, WorkerProcess, wait_until
 
@@ -31,11 +31,12 @@ AUTH = ("operator", "flower-test-password")
 def flower(redis_url: str, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path / "flower.log"
-    command = [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1",
-               f"--basic-auth={AUTH[0]}:{AUTH[1]}"]  # fmt: skip
+    # As docker-compose.yml runs it: the login comes from FLOWER_BASIC_AUTH, never from an argument.
+    command = [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1"]
+    env = {**os.environ, "REDIS_URL": redis_url, "FLOWER_BASIC_AUTH": f"{AUTH[0]}:{AUTH[1]}"}
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "REDIS_URL": redis_url}, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -84,8 +85,55 @@ def test_flower_shows_register_and_webhook_tasks_without_secrets(
     assert SECRET.removeprefix("whsec_") not in shown
 
 
+def flower_state(url: str, task_id: str, state: str) -> dict[str, Any] | None:
+    task = flower_task(url, task_id)
+    return task if task is not None and task["state"] == state else None
+
+
+def test_flower_shows_failures_and_deferred_retries_as_what_they_are(
+    flower: str, worker_env: dict[str, str], staging: Path, sk_model: Any, tmp_path: Path, redis_url: str
+) -> None:
+    model_dir = save_model_dir(sk_model, staging)
+    with WebhookReceiver(SECRET) as receiver:
+        env = {**worker_env, "WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET, "WEBHOOK_ALLOW_HTTP": "true"}
+        with WorkerProcess(env, tmp_path) as worker:
+            receiver.script(400)  # a permanent rejection: the event is dead-lettered at once
+            dead_job = enqueue_registration(job_fields(model_dir))
+            dead = wait_until(lambda: flower_state(flower, webhook_task_id(dead_job), "FAILURE"), timeout_s=90,
+                              what=f"the dead-lettered webhook task to fail\n{worker.log_tail()}")  # fmt: skip
+            # 503 asking for an hour: longer than WEBHOOK_BACKOFF_MAX_S, so it waits in the durable schedule
+            receiver.script(ScriptedResponse(503, headers={"Retry-After": "3600"}))
+            deferred_job = enqueue_registration(job_fields(model_dir))
+            deferred = wait_until(lambda: flower_state(flower, webhook_task_id(deferred_job), "RETRY"), timeout_s=90,
+                                  what=f"the deferred webhook task to show RETRY\n{worker.log_tail()}")  # fmt: skip
+            missing = str(staging / "no-such-model")
+            failed_job = enqueue_registration(job_fields(model_dir, artifact_uri=missing))
+            failed = wait_until(lambda: flower_state(flower, failed_job, "FAILURE"), timeout_s=90,
+                                what="the failed registration to show FAILURE")  # fmt: skip
+            failures = httpx.get(f"{flower}/api/tasks", params={"state": "FAILURE"}, auth=AUTH, timeout=5).json()
+            successes = httpx.get(f"{flower}/api/tasks", params={"state": "SUCCESS"}, auth=AUTH, timeout=5).json()
+
+    event_ids = {request.headers["webhook-id"] for request in receiver.requests}
+    assert len(event_ids) == 2
+    assert dead["name"] == WEBHOOK_TASK and "WebhookDeadLetteredError" in dead["exception"]
+    assert "answered 400" in dead["exception"] and any(event_id in dead["exception"] for event_id in event_ids)
+    assert "WebhookDeadLetteredError" in dead["traceback"]
+    assert deferred["name"] == WEBHOOK_TASK and "durable schedule" in deferred["exception"]
+    assert "503" in deferred["exception"] and any(event_id in deferred["exception"] for event_id in event_ids)
+    assert failed["name"] == REGISTER_TASK and "no-such-model" in failed["exception"]
+    assert {webhook_task_id(dead_job), failed_job} <= set(failures)
+    assert webhook_task_id(deferred_job) not in failures
+    assert not {webhook_task_id(dead_job), webhook_task_id(deferred_job), failed_job} & set(successes)
+    # the result backend agrees with Flower
+    app = client_app(redis_url)
+    assert app.AsyncResult(webhook_task_id(dead_job)).state == "FAILURE"
+    assert app.AsyncResult(webhook_task_id(deferred_job)).state == "RETRY"
+
+
 def test_flower_api_refuses_requests_without_credentials(flower: str) -> None:
     for path in ("/api/tasks", "/api/workers", f"/api/task/info/{'0' * 8}"):
         assert httpx.get(f"{flower}{path}", timeout=5).status_code == 401, path
         assert httpx.get(f"{flower}{path}", auth=("operator", "wrong"), timeout=5).status_code == 401, path
     assert httpx.get(f"{flower}/api/tasks", auth=AUTH, timeout=5).status_code == 200
+    metrics = httpx.get(f"{flower}/metrics", timeout=5)  # Celery's task metrics, for Prometheus
+    assert metrics.status_code == 200 and "flower_events_total" in metrics.text

@@ -8,6 +8,7 @@ from typing import Any
 
 import mlflow
 import pytest
+import redis
 from mlflow.tracking import MlflowClient
 
 from hokusai_registry import failed_jobs
@@ -15,6 +16,7 @@ from hokusai_registry.contract import REGISTER_TASK, REGISTRATION_QUEUE, Registr
 from producers import enqueue_registration
 from tests.queue_helpers import client_app, job_fields, save_model_dir, versions_of_job, wait_result
 from tests.worker_process import WorkerProcess, wait_until
+from worker.webhooks.store import EventStore
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +46,12 @@ def test_enqueue_registers_one_tagged_version_and_chains_webhook(
     assert version.tags["job_id"] == job_id
     assert registered["flavors"] == ["python_function", "sklearn"]
     assert registered["metadata"]["notes"] == "x" * 2000
-    # the chained task received the registration result with the ModelVersion number
-    assert webhook.result["version"] == str(version.version)
-    assert webhook.result["job_id"] == job_id
+    # the chained task received the registration result with the ModelVersion number; with no
+    # WEBHOOK_URL its event is kept as a dead letter (for a replay), so the task ends FAILURE
+    assert webhook.state == "FAILURE" and "WEBHOOK_URL is not set" in str(webhook.result)
+    (dead,) = EventStore(redis.Redis.from_url(redis_url)).list_dead_letters()
+    assert dead.event.event_id in str(webhook.result)
+    assert dead.event.version == str(version.version) and dead.event.job_id == job_id
 
 
 def test_worker_never_unpickles_and_reuses_model_requirements(

@@ -44,13 +44,18 @@ def webhook_env(worker_env: dict[str, str], receiver: WebhookReceiver) -> dict[s
     }
 
 
-def run_job(env: dict[str, str], tmp_path: Path, staging: Path, model: Any, **overrides: Any) -> tuple[str, Any]:
-    """Enqueue one job under a worker with ``env``; return (job id, the webhook task's result)."""
+def run_job(
+    env: dict[str, str], tmp_path: Path, staging: Path, model: Any, *, state: str = "SUCCESS", **overrides: Any
+) -> tuple[str, Any]:
+    """Enqueue one job under a worker with ``env``; return (job id, the webhook task's result).
+
+    The webhook task must end in ``state``; a FAILURE's result is the exception it raised.
+    """
     app = client_app(env["REDIS_URL"])
     with WorkerProcess(env, tmp_path) as worker:
         job_id = enqueue_registration(job_fields(save_model_dir(model, staging), **overrides))
         webhook = wait_result(app, webhook_task_id(job_id), timeout_s=90)
-        assert webhook.state == "SUCCESS", worker.log_tail()
+        assert webhook.state == state, worker.log_tail()
     return job_id, webhook.result
 
 
@@ -100,11 +105,11 @@ def test_400_is_not_retried_and_is_dead_lettered(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     receiver.script(400)
-    _, outcome = run_job(webhook_env, tmp_path, staging, sk_model)
-    assert outcome["status"] == "dead_lettered"
+    _, failure = run_job(webhook_env, tmp_path, staging, sk_model, state="FAILURE")
+    assert type(failure).__name__ == "WebhookDeadLetteredError"
     assert len(receiver.requests) == 1
     (dead,) = EventStore(redis.Redis.from_url(redis_url)).list_dead_letters()
-    assert dead.event.event_id == outcome["event_id"]
+    assert dead.event.event_id in str(failure) and "answered 400" in str(failure)
     assert dead.attempts == 1 and dead.last_status_code == 400
     assert dead.event.body == receiver.requests[0].body
 
@@ -152,8 +157,8 @@ def test_exhausted_event_is_dead_lettered_then_replayed_with_the_same_key(
 ) -> None:  # fmt: skip
     receiver.script(500, 500)
     env = {**webhook_env, "WEBHOOK_MAX_ATTEMPTS": "2"}
-    _, outcome = run_job(env, tmp_path, staging, sk_model)
-    assert outcome["status"] == "dead_lettered"
+    _, failure = run_job(env, tmp_path, staging, sk_model, state="FAILURE")
+    assert "dead-lettered after 2 attempt(s)" in str(failure)
     store = EventStore(redis.Redis.from_url(redis_url))
     (dead,) = store.list_dead_letters()
     assert dead.attempts == 2 and dead.last_status_code == 500
@@ -210,10 +215,11 @@ def test_long_retry_after_waits_in_the_durable_schedule(
     env = {**webhook_env, "WEBHOOK_SCHEDULE_POLL_S": "0.5"}
     with WorkerProcess(env, tmp_path):
         job_id = enqueue_registration(job_fields(save_model_dir(sk_model, staging)))
+        # The webhook task waits as RETRY; the deferred delivery ends it under the same task id.
         first = wait_result(client_app(redis_url), webhook_task_id(job_id), timeout_s=90)
-        assert first.result["status"] == "deferred"
+        assert first.result["status"] == "delivered" and first.result["attempt"] == 2
         store = EventStore(redis.Redis.from_url(redis_url))
-        wait_until(lambda: store.get(first.result["event_id"]).state == "delivered", timeout_s=30, what="delivery")
+        assert store.get(first.result["event_id"]).state == "delivered"
     assert [r.status for r in receiver.requests] == [503, 200]
     (gap,) = request_gaps(receiver)
     assert gap >= 3, "Retry-After was honoured"

@@ -4,18 +4,40 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from celery import Celery, bootsteps, signals
 
 from hokusai_registry import log
-from hokusai_registry.settings import get_settings
+from hokusai_registry.contract import stamp_enqueued_at
+from hokusai_registry.settings import Settings, get_settings
 
 # One retry layer per call: Celery owns the long backoff between attempts, so MLflow's own
 # HTTP client should fail fast instead of retrying for minutes inside one attempt.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+
+
+def prepare_metrics_dir(settings: Settings) -> None:
+    """With ``METRICS_PORT`` set, point prometheus_client's multiprocess mode at its folder.
+
+    Must run before ``prometheus_client`` is imported (it picks its mode then). The folder is
+    ``PROMETHEUS_MULTIPROC_DIR`` (one per worker), else a fresh temporary one. Only the worker
+    itself empties it (``MetricsServer``): other commands importing the app (``celery inspect``
+    in a healthcheck) must not wipe a running worker's counters.
+    """
+    if settings.metrics_port is None:
+        return
+    folder = settings.prometheus_multiproc_dir or Path(tempfile.mkdtemp(prefix="hokusai-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+prepare_metrics_dir(get_settings())
+from worker.metrics import MetricsServer  # noqa: E402  (after the metrics folder is set)
 
 app = Celery("hokusai-registry", include=["worker.tasks"])
 app.config_from_object("celeryconfig")
@@ -62,7 +84,9 @@ class DeferredWebhookPump(bootsteps.StartStopStep):
             logging.getLogger(__name__).exception("could not hand over deferred webhooks")
 
 
-app.steps["worker"].update({StartupChecks, DeferredWebhookPump})
+app.steps["worker"].update({StartupChecks, DeferredWebhookPump, MetricsServer})
+# Every message carries its publish time (the oldest waiting job's age is a metric).
+signals.before_task_publish.connect(stamp_enqueued_at, weak=False)
 
 
 @signals.setup_logging.connect

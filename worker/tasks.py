@@ -14,13 +14,16 @@ from typing import Any
 
 import redis
 from celery import Task
+from celery.exceptions import Retry
 
 from hokusai_registry import failed_jobs, log
-from hokusai_registry.contract import DELIVER_WEBHOOK_TASK, REGISTER_TASK, WEBHOOK_TASK
+from hokusai_registry.contract import DELIVER_WEBHOOK_TASK, REGISTER_TASK, WEBHOOK_TASK, webhook_task_id
 from hokusai_registry.errors import (
     BrokerUnavailableError,
     PermanentError,
     RetryableError,
+    WebhookDeadLetteredError,
+    WebhookDeliveryError,
 )
 from hokusai_registry.settings import Settings, get_settings
 from hokusai_registry.validation import validate_job
@@ -131,6 +134,13 @@ def deliver_webhook(self: Task, event_id: str) -> dict[str, Any]:
 
 
 def _send_event(task: Task, event_id: str) -> dict[str, Any]:
+    """One attempt of a stored event; the task's Celery state says what became of it.
+
+    Delivered (or nothing left to send): SUCCESS. An in-memory retry: RETRY, then the next run.
+    Deferred to the durable schedule: RETRY, with nothing re-sent by Celery; the pump later
+    publishes ``deliver_webhook`` under this same task id, which ends in the final state.
+    Dead-lettered: FAILURE (``WebhookDeadLetteredError`` naming the event and the reason).
+    """
     log.bind(event_id=event_id)
     outcome = delivery.send_stored_event(get_event_store(), event_id, settings=get_settings(), client=get_http_client())
     if outcome.status == "retry":
@@ -138,6 +148,21 @@ def _send_event(task: Task, event_id: str) -> dict[str, Any]:
         logger.warning("webhook attempt %d failed (%s); retrying in %.1fs", outcome.attempt, outcome.reason,
                        outcome.countdown_s)  # fmt: skip
         raise task.retry(countdown=outcome.countdown_s)
+    if outcome.status == "deferred":
+        assert outcome.due_at is not None
+        message = (
+            f"webhook event {event_id} attempt {outcome.attempt} failed ({outcome.reason}); "
+            f"waiting in the durable schedule until {outcome.due_at.isoformat()}"
+        )
+        logger.warning("%s", message)
+        raise Retry(message, exc=WebhookDeliveryError(message), when=outcome.due_at)
+    if outcome.status == "dead_lettered":
+        message = (
+            f"webhook event {event_id} dead-lettered after {outcome.attempt} attempt(s): {outcome.reason}; "
+            f"replay it with: hokusai-registry webhooks replay {event_id}"
+        )
+        logger.error("%s", message)
+        raise WebhookDeadLetteredError(message)
     logger.info("webhook %s: %s after %d attempt(s)", event_id, outcome.status, outcome.attempt)
     return outcome.as_dict()
 
@@ -145,12 +170,17 @@ def _send_event(task: Task, event_id: str) -> dict[str, Any]:
 def pump_deferred_webhooks(limit: int = 100) -> int:
     """Hand every deferred event that is due to a ``deliver_webhook`` task; returns how many.
 
+    The task reuses the webhook task id of the event's job (``<job_id>-webhook``), so the task
+    Flower showed as RETRY while the event waited ends SUCCESS or FAILURE with the delivery.
     Claims are leased for the visibility timeout: an event claimed by a worker that dies before
     publishing its task comes due again then, like any message a dead worker held.
     """
-    claimed = get_event_store().claim_due(limit=limit, lease_s=get_settings().visibility_timeout_s)
+    store = get_event_store()
+    claimed = store.claim_due(limit=limit, lease_s=get_settings().visibility_timeout_s)
     for event_id in claimed:
-        deliver_webhook.apply_async(args=[event_id])
+        record = store.get(event_id)
+        task_id = webhook_task_id(str(record.event.job_id)) if record is not None else None
+        deliver_webhook.apply_async(args=[event_id], task_id=task_id)
     return len(claimed)
 
 

@@ -32,6 +32,7 @@ from hokusai_registry.errors import (
     WebhookRejectedError,
 )
 from hokusai_registry.settings import Settings
+from worker.metrics import observe_webhook_attempt
 from worker.webhooks.backoff import parse_retry_after, retry_delay
 from worker.webhooks.event import WebhookEvent
 from worker.webhooks.signing import signature_headers, standard_webhooks_key
@@ -202,8 +203,10 @@ def deliver_and_record(
             attempt=record.attempts + 1,
         )
     except (WebhookDeliveryError, WebhookRejectedError) as exc:
+        observe_webhook_attempt(exc.status_code)
         store.record_attempt(event.event_id, status_code=exc.status_code, error=str(exc))
         raise
+    observe_webhook_attempt(result.status_code)
     store.record_attempt(event.event_id, status_code=result.status_code)
     store.mark_delivered(event.event_id)
     return result

@@ -216,6 +216,15 @@ class EventStore:
         return [record for record in records if record is not None]
 
     @_redis_boundary
+    def counts(self) -> tuple[int, int]:
+        """(dead letters, events waiting in the durable schedule), right now (the metrics read it)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(self._dead_key)
+        pipe.zcard(self._deferred_key)
+        dead, deferred = pipe.execute()
+        return int(dead), int(deferred)
+
+    @_redis_boundary
     def remove_dead_letter(self, event_id: str) -> bool:
         """Discard a dead letter for good; False when ``event_id`` is not one."""
         if not self.client.zrem(self._dead_key, event_id):

@@ -1,0 +1,219 @@
+"""The worker's Prometheus metrics: counters from Celery signals, gauges read from Redis at scrape time.
+
+Counters and the histogram are counted in the pool processes that run the tasks, in
+``prometheus_client``'s multiprocess mode (one file per process in ``PROMETHEUS_MULTIPROC_DIR``):
+``worker.celery_app`` prepares that folder before it imports this module whenever ``METRICS_PORT``
+is set. The main worker process serves ``/metrics`` on ``METRICS_HOST:METRICS_PORT`` (the
+:class:`MetricsServer` bootstep): the summed counters plus :class:`RedisCollector`, which counts
+the stores and the queues in Redis at each scrape. Every metric is in docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import bootsteps, signals
+from kombu.transport.redis import PRIORITY_STEPS, Channel
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from hokusai_registry import failed_jobs
+from hokusai_registry.contract import (
+    DELIVER_WEBHOOK_TASK,
+    ENQUEUED_AT_HEADER,
+    REGISTER_TASK,
+    REGISTRATION_QUEUE,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK,
+)
+from hokusai_registry.errors import HokusaiError, WebhookDeadLetteredError
+from hokusai_registry.redis_client import connect
+from hokusai_registry.settings import Settings, get_settings
+from worker.webhooks.store import EventStore
+
+logger = logging.getLogger(__name__)
+
+#: The quarantine of messages no task could run (a hash of records, one per message); 0 when absent.
+QUARANTINE_KEY = "hokusai:quarantine"
+QUEUES = (REGISTRATION_QUEUE, WEBHOOK_QUEUE)
+DURATION_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+
+REGISTRATIONS = Counter(
+    "hokusai_registrations", "Registration task attempts by outcome (success, failure, retry).", ["outcome"]
+)
+REGISTRATION_SECONDS = Histogram(
+    "hokusai_registration_duration_seconds",
+    "Duration of one registration task attempt, by outcome.",
+    ["outcome"],
+    buckets=DURATION_BUCKETS,
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "hokusai_webhook_attempts", "Webhook HTTP attempts by answer: 2xx, 3xx, 4xx, 5xx, or network.", ["status_class"]
+)
+WEBHOOK_EVENTS = Counter(
+    "hokusai_webhook_events",
+    "Webhook events a worker task settled, by outcome (delivered, dead_lettered).",
+    ["outcome"],
+)
+
+#: The names scraped from the endpoint (counters gain ``_total``), as docs and deploy/ must use them.
+EXPORTED_METRICS = (
+    "hokusai_registrations_total",
+    "hokusai_registration_duration_seconds",
+    "hokusai_webhook_attempts_total",
+    "hokusai_webhook_events_total",
+    "hokusai_webhook_dead_letters",
+    "hokusai_webhook_deferred_events",
+    "hokusai_failed_jobs",
+    "hokusai_quarantined_messages",
+    "hokusai_queue_depth",
+    "hokusai_queue_oldest_job_age_seconds",
+    "hokusai_metrics_redis_up",
+)
+
+
+def status_class(status_code: int | None) -> str:
+    """``2xx`` ... ``5xx`` for an HTTP answer, ``network`` when none came (timeout, refused)."""
+    return f"{status_code // 100}xx" if status_code else "network"
+
+
+def observe_webhook_attempt(status_code: int | None) -> None:
+    """The hook ``worker.webhooks.delivery`` calls after every HTTP attempt."""
+    WEBHOOK_ATTEMPTS.labels(status_class(status_code)).inc()
+
+
+# ---------------------------------------------------------------------- counters from signals
+_started: dict[str, float] = {}
+
+
+@signals.task_prerun.connect
+def _task_started(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    if task_id and getattr(task, "name", None) == REGISTER_TASK:
+        _started[task_id] = time.monotonic()
+
+
+@signals.task_postrun.connect
+def _task_finished(
+    task_id: str | None = None, task: Any = None, retval: Any = None, state: str | None = None, **_: Any
+) -> None:
+    name = getattr(task, "name", None)
+    if name == REGISTER_TASK and state:
+        outcome = state.lower()
+        REGISTRATIONS.labels(outcome).inc()
+        started = _started.pop(task_id or "", None)
+        if started is not None:
+            REGISTRATION_SECONDS.labels(outcome).observe(time.monotonic() - started)
+    elif name in {WEBHOOK_TASK, DELIVER_WEBHOOK_TASK}:
+        if state == "SUCCESS" and isinstance(retval, dict) and retval.get("status") == "delivered":
+            WEBHOOK_EVENTS.labels("delivered").inc()
+        elif state == "FAILURE" and isinstance(retval, WebhookDeadLetteredError):
+            WEBHOOK_EVENTS.labels("dead_lettered").inc()
+
+
+# ---------------------------------------------------------------------- gauges from Redis
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists kombu keeps a queue in (one per priority step; step 0 is the queue's name)."""
+    return [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS]
+
+
+def oldest_age_s(client: redis.Redis, queue: str, now: float) -> float:
+    """Seconds the oldest waiting message of ``queue`` has waited (0 when empty or unstamped)."""
+    ages = [0.0]
+    for key in queue_keys(queue):
+        raw = client.lindex(key, -1)  # kombu LPUSHes and BRPOPs: the oldest is at the right end
+        if raw is None:
+            continue
+        try:
+            stamped = json.loads(raw).get("headers", {}).get(ENQUEUED_AT_HEADER)
+            ages.append(max(0.0, now - float(stamped)))
+        except (ValueError, TypeError, AttributeError):
+            continue  # not a message stamped by this product: its age is unknown
+    return max(ages)
+
+
+class RedisCollector(Collector):
+    """Counts what waits in Redis at each scrape: dead letters, deferred events, failed jobs, queues."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.client = connect(redis_url)
+        self.events = EventStore(self.client)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("hokusai_metrics_redis_up", "1 when the last scrape could read Redis, else 0.")
+        try:
+            families = list(self._families())
+        except (redis.RedisError, HokusaiError) as exc:
+            logger.warning("metrics: cannot read Redis: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _families(self) -> Iterator[GaugeMetricFamily]:
+        dead, deferred = self.events.counts()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hlen(failed_jobs.FAILED_JOBS_KEY)
+        pipe.hlen(QUARANTINE_KEY)  # a missing key counts 0
+        for queue in QUEUES:
+            for key in queue_keys(queue):
+                pipe.llen(key)
+        failed, quarantined, *lengths = pipe.execute()
+        for name, help_text, value in (
+            ("hokusai_webhook_dead_letters", "Webhook events in the dead letters now (replay them).", dead),
+            ("hokusai_webhook_deferred_events", "Webhook events waiting in the durable schedule.", deferred),
+            ("hokusai_failed_jobs", "Registration jobs in the failed-jobs store.", failed),
+            ("hokusai_quarantined_messages", "Messages no task could run, kept in the quarantine.", quarantined),
+        ):
+            yield GaugeMetricFamily(name, help_text, value=value)
+        depth = GaugeMetricFamily("hokusai_queue_depth", "Messages waiting in a queue.", labels=["queue"])
+        age = GaugeMetricFamily(
+            "hokusai_queue_oldest_job_age_seconds", "Seconds the oldest waiting message has waited.", labels=["queue"]
+        )
+        now = time.time()
+        steps = len(PRIORITY_STEPS)
+        for index, queue in enumerate(QUEUES):
+            depth.add_metric([queue], sum(lengths[index * steps : (index + 1) * steps]))
+            age.add_metric([queue], oldest_age_s(self.client, queue, now))
+        yield depth
+        yield age
+
+
+def metrics_registry(settings: Settings) -> CollectorRegistry:
+    """What ``/metrics`` serves: every process's counters (multiprocess mode) plus the Redis gauges."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    registry.register(RedisCollector(settings.redis_url))
+    return registry
+
+
+class MetricsServer(bootsteps.StartStopStep):
+    """Serve ``/metrics`` from the main worker process when ``METRICS_PORT`` is set."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if get_settings().metrics_port is not None and folder:
+            # Before the pool forks: a previous run's files would be summed into this run's counters.
+            for stale in Path(folder).glob("*.db"):
+                stale.unlink()
+
+    def start(self, parent: Any) -> None:
+        settings = get_settings()
+        if settings.metrics_port is None:
+            return
+        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics_registry(settings))
+        logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
