@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools.builders import WALLET
 from devtools.devstack import free_port, log_tail, stop_process_group
 from devtools.receiver import ScriptedResponse, WebhookReceiver
 from hokusai_registry.contract import REGISTER_TASK, WEBHOOK_TASK
@@ -106,8 +107,9 @@ def test_flower_shows_failures_and_deferred_retries_as_what_they_are(
             deferred_job = enqueue_registration(job_fields(model_dir))
             deferred = wait_until(lambda: flower_state(flower, webhook_task_id(deferred_job), "RETRY"), timeout_s=90,
                                   what=f"the deferred webhook task to show RETRY\n{worker.log_tail()}")  # fmt: skip
-            missing = str(staging / "no-such-model")
-            failed_job = enqueue_registration(job_fields(model_dir, artifact_uri=missing))
+            # passes every check at enqueue; only MLflow can tell that the baseline does not exist
+            missing = {"baseline_id": "hokusai_classification_baseline/99", "delta_metrics": {"auc": 0.1}}
+            failed_job = enqueue_registration(job_fields(model_dir, kind="improved", contributor=WALLET, **missing))
             failed = wait_until(lambda: flower_state(flower, failed_job, "FAILURE"), timeout_s=90,
                                 what="the failed registration to show FAILURE")  # fmt: skip
             failures = httpx.get(f"{flower}/api/tasks", params={"state": "FAILURE"}, auth=AUTH, timeout=5).json()
@@ -120,7 +122,8 @@ def test_flower_shows_failures_and_deferred_retries_as_what_they_are(
     assert "WebhookDeadLetteredError" in dead["traceback"]
     assert deferred["name"] == WEBHOOK_TASK and "durable schedule" in deferred["exception"]
     assert "503" in deferred["exception"] and any(event_id in deferred["exception"] for event_id in event_ids)
-    assert failed["name"] == REGISTER_TASK and "no-such-model" in failed["exception"]
+    assert failed["name"] == REGISTER_TASK
+    assert "hokusai_classification_baseline/99 does not exist in MLflow" in failed["exception"]
     assert {webhook_task_id(dead_job), failed_job} <= set(failures)
     assert webhook_task_id(deferred_job) not in failures
     assert not {webhook_task_id(dead_job), webhook_task_id(deferred_job), failed_job} & set(successes)
