@@ -176,6 +176,13 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _mlflow_version() -> tuple[int, int]:
+    from importlib.metadata import version
+
+    major, minor = version("mlflow").split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
 @contextmanager
 def mlflow_server(
     *,
@@ -197,9 +204,9 @@ def mlflow_server(
         "--host", "127.0.0.1",
         "--port", str(port),
         "--workers", str(workers),
-        # Since MLflow 3.5 unknown Host headers get 403; name ours explicitly.
-        "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}",
     ]  # fmt: skip
+    if _mlflow_version() >= (3, 5):  # since 3.5 unknown Host headers get 403; 3.4 has no such option
+        command += ["--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
