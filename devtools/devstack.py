@@ -6,6 +6,7 @@ waits poll with a deadline. Only the standard library is imported at module leve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -219,6 +220,13 @@ def mlflow_server(
         yield url
     finally:
         stop_process_group(process, timeout_s=10)
+        # The leader can exit before its workers (MLflow 3.4's server) have released the port.
+        deadline = time.monotonic() + 15
+        while port_open("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if port_open("127.0.0.1", port):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 @contextmanager
