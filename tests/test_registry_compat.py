@@ -432,3 +432,31 @@ def test_queued_jobs_log_the_old_run_params(
     }
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="params.model_type = 'lead_scoring'")
     assert sorted(runs["run_id"]) == sorted([baseline["run_id"], improved["run_id"]])
+
+
+def test_a_resumed_job_still_gets_the_old_run_params(
+    registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any, staging: Path
+) -> None:
+    """A worker that died between logging and registering: the next attempt registers that model and its params."""
+    import uuid
+
+    import mlflow.sklearn
+
+    from hokusai_registry.settings import get_settings
+    from hokusai_registry.validation import validate_job
+    from worker.registration.job import register_job
+
+    job_id = str(uuid.uuid4())
+    with mlflow.start_run(experiment_id=registry.experiment_id()) as run:  # the first attempt's run, cut short
+        logged = mlflow.sklearn.log_model(
+            sk_model, name="model", pip_requirements=["scikit-learn"], tags={"job_id": job_id}
+        )
+    job = validate_job(job_fields(save_model_dir(sk_model, staging), job_id=job_id, model_type="regression"))
+    result = register_job(job, registry, get_settings())
+    assert (result["model_uuid"], result["run_id"]) == (logged.model_id, run.info.run_id)
+    params = MlflowClient(tracking_uri).get_run(run.info.run_id).data.params
+    assert (params["model_type"], params["is_baseline"], params["metadata_dataset"]) == (
+        "regression",
+        "True",
+        "leads-2026-11",
+    )

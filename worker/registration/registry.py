@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Param
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
@@ -227,6 +228,7 @@ class HokusaiModelRegistry:
                 )
             else:
                 model_info = existing_model_info
+                self._log_missing_params(model_info.run_id, run_params)
             version = mlflow.register_model(
                 model_info.model_uri,
                 model_name,
@@ -485,6 +487,15 @@ class HokusaiModelRegistry:
             for start in range(0, len(items), 100):
                 mlflow.log_params(dict(items[start : start + 100]))
             return info
+
+    def _log_missing_params(self, run_id: str | None, run_params: dict[str, str]) -> None:
+        """Resuming a logged model: the run params a crash may have cut off (params never change)."""
+        run = self._runs([run_id]).get(run_id or "") if run_id else None
+        if run is None:
+            return
+        missing = [Param(key, value) for key, value in run_params.items() if key not in run.data.params]
+        for start in range(0, len(missing), 100):
+            self.client.log_batch(run.info.run_id, params=missing[start : start + 100])
 
     def _search_versions(self, filter_string: str | None) -> list[ModelVersion]:
         self._activate()
