@@ -6,6 +6,7 @@ waits poll with a deadline. Only the standard library is imported at module leve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -207,6 +208,13 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _mlflow_version() -> tuple[int, int]:
+    from importlib.metadata import version
+
+    major, minor = version("mlflow").split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
 @contextmanager
 def mlflow_server(
     *,
@@ -228,9 +236,9 @@ def mlflow_server(
         "--host", "127.0.0.1",
         "--port", str(port),
         "--workers", str(workers),
-        # Since MLflow 3.5 unknown Host headers get 403; name ours explicitly.
-        "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}",
     ]  # fmt: skip
+    if _mlflow_version() >= (3, 5):  # since 3.5 unknown Host headers get 403; 3.4 has no such option
+        command += ["--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -243,6 +251,13 @@ def mlflow_server(
         yield url
     finally:
         stop_process_group(process, timeout_s=10)
+        # The leader can exit before its workers (MLflow 3.4's server) have released the port.
+        deadline = time.monotonic() + 15
+        while port_open("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if port_open("127.0.0.1", port):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 @contextmanager

@@ -223,7 +223,13 @@ def jobs_failed(since: datetime | None) -> None:
 @click.option("--dry-run", is_flag=True, help="Report what would be tagged; change nothing.")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the embedded store).")
 def backfill_uuids(dry_run: bool, tracking_uri: str | None) -> None:
-    """Tag model versions registered without a model_uuid tag (safe to run twice)."""
+    """Bring versions registered before the upgrade up to date (safe to run twice).
+
+    Tags each version with its model_uuid, and with is_baseline, model_type, baseline_model_id
+    and a lower-case contributor derived from the old tags, run params and names; a version in
+    the retired Production stage gets the production alias. Prints a JSON report; what could not
+    be migrated is listed under "unresolved" and "incomplete" with the reason.
+    """
     from worker.registration.registry import HokusaiModelRegistry
 
     registry = HokusaiModelRegistry(tracking_uri, settings=_settings())
@@ -234,8 +240,14 @@ def backfill_uuids(dry_run: bool, tracking_uri: str | None) -> None:
     verb = "would tag" if dry_run else "tagged"
     _note(
         f"{'dry run: ' if dry_run else ''}{verb} {len(report['tagged'])} of {report['scanned']} version(s); "
-        f"{report['already_tagged']} already tagged, {len(report['unresolved'])} unresolved"
+        f"{report['already_tagged']} already tagged, {len(report['unresolved'])} unresolved; "
+        f"{len(report['completed'])} given lookup tags, {len(report['promoted'])} moved to the production alias, "
+        f"{len(report['incomplete'])} incomplete"
     )
+    for item in report["unresolved"]:
+        _note(f"unresolved {item['model_name']}/{item['version']}: {item['reason']}")
+    for item in report["incomplete"]:
+        _note(f"incomplete {item['model_name']}/{item['version']}: {'; '.join(item['reasons'])}")
 
 
 # ------------------------------------------------------------------ webhooks

@@ -3,6 +3,7 @@
     HokusaiError
     ├── PermanentError              do not retry: the same input fails the same way
     │   ├── InvalidInputError       (also a ValueError) bad arguments or job fields
+    │   │   ├── ModelNotFoundError      a lookup named a registered model that does not exist
     │   │   ├── InvalidJobError         a registration job that breaks the contract
     │   │   │   ├── ArtifactRejectedError   artifact URI outside the allow-list, or `..` traversal
     │   │   │   └── ArtifactNotFoundError   the URI is allowed but holds no MLflow model
@@ -45,6 +46,10 @@ class RetryableError(HokusaiError):
 
 class InvalidInputError(PermanentError, ValueError):
     """Bad arguments: the message names the field and what is wrong with it."""
+
+
+class ModelNotFoundError(InvalidInputError):
+    """A lookup named a registered model that does not exist (a ``ValueError``, as before the upgrade)."""
 
 
 class InvalidJobError(InvalidInputError):

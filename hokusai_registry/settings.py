@@ -89,7 +89,13 @@ class Settings(BaseSettings):
     )
     mlflow_tracking_uri: str | None = Field(
         default=None,
-        description="MLflow tracking (and registry) URI. Default: sqlite:///$HOKUSAI_HOME/mlflow.db.",
+        description="MLflow tracking (and registry) URI. Default: MLFLOW_SERVER_URL, else "
+        "sqlite:///$HOKUSAI_HOME/mlflow.db.",
+    )
+    mlflow_server_url: str | None = Field(
+        default=None,
+        description="The pre-upgrade registry's name for the tracking server URL; used when "
+        "MLFLOW_TRACKING_URI is unset.",
     )
     mlflow_experiment_name: str = Field(default="hokusai-registry", description="Experiment that holds the runs.")
     mlflow_artifact_location: str | None = Field(
@@ -251,10 +257,21 @@ class Settings(BaseSettings):
     # --- derived values ------------------------------------------------------------------
     @property
     def tracking_uri(self) -> str:
-        """The MLflow tracking URI in force (embedded sqlite store by default)."""
+        """The MLflow tracking URI in force: MLFLOW_TRACKING_URI, MLFLOW_SERVER_URL, else the embedded store."""
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
+        if self.mlflow_server_url:
+            return self.mlflow_server_url
         return f"sqlite:///{(self.hokusai_home / 'mlflow.db').resolve()}"
+
+    @property
+    def tracking_uri_source(self) -> str:
+        """Where :attr:`tracking_uri` came from: a variable's name, or ``embedded default``."""
+        if self.mlflow_tracking_uri:
+            return "MLFLOW_TRACKING_URI"
+        if self.mlflow_server_url:
+            return "MLFLOW_SERVER_URL"
+        return "embedded default"
 
     @property
     def artifact_location(self) -> str | None:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Shared set-up for scripts/test.sh, scripts/demo.sh and bench/: a project-local virtualenv
 # with the package and its test extra installed. Safe to run again: it reinstalls only when
-# pyproject.toml changed since the last install.
+# pyproject.toml (or the pin below) changed since the last install.
+# HOKUSAI_VENV chooses the folder; HOKUSAI_PIN adds requirements that narrow the declared ranges
+# (scripts/test.sh uses both for the oldest-supported-MLflow venv, e.g. HOKUSAI_PIN='mlflow==3.4.*').
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${HOKUSAI_VENV:-$ROOT/.venv}"
@@ -12,10 +14,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.hokusai-installed"
-if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-  echo "==> installing hokusai-registry and its test extra (first run takes about a minute)"
+pin="${HOKUSAI_PIN:-}"
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$(cat "$stamp")" != "$pin" ]; then
+  echo "==> installing hokusai-registry and its test extra into $VENV ${pin:+($pin) }(first run takes about a minute)"
   "$VENV/bin/pip" install --quiet --upgrade pip >/dev/null 2>&1 || true
-  "$VENV/bin/pip" install --quiet -e "$ROOT[test]"
-  touch "$stamp"
+  # shellcheck disable=SC2086  # the pin is a space-separated list of requirements
+  "$VENV/bin/pip" install --quiet -e "$ROOT[test]" $pin
+  printf '%s' "$pin" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -22,7 +22,15 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
     """No test reads the developer's settings, and each test's HOKUSAI_HOME is its own."""
     for key in list(os.environ):
         if key.startswith(
-            ("WEBHOOK_", "MLFLOW_TRACKING", "MLFLOW_REGISTRY", "REDIS_URL", "HOKUSAI_HOME", "ALLOWED_ARTIFACT")
+            (
+                "WEBHOOK_",
+                "MLFLOW_TRACKING",
+                "MLFLOW_REGISTRY",
+                "MLFLOW_SERVER_URL",
+                "REDIS_URL",
+                "HOKUSAI_HOME",
+                "ALLOWED_ARTIFACT",
+            )
         ):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOKUSAI_HOME", str(tmp_path / "home"))

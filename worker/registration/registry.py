@@ -16,15 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Param
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 
-from hokusai_registry.errors import InvalidInputError, RegistryUnavailableError
+from hokusai_registry.contract import MODEL_TYPES, BaselineRef
+from hokusai_registry.errors import InvalidInputError, ModelNotFoundError, RegistryUnavailableError
 from hokusai_registry.flavors import flavor_for
+from hokusai_registry.redaction import redact_url
 from hokusai_registry.settings import Settings, get_settings
-from worker.registration import lineage, model_inputs, signatures
+from worker.registration import compat, lineage, model_inputs, signatures
 from worker.registration.mlflow_errors import mlflow_boundary
 
 logger = logging.getLogger(__name__)
@@ -61,13 +64,22 @@ class HokusaiModelRegistry:
 
     Args:
         tracking_uri: MLflow tracking and registry URI; both the fluent API and the client use
-            it. Default: ``MLFLOW_TRACKING_URI`` or the embedded sqlite store.
+            it. Default: ``MLFLOW_TRACKING_URI``, else ``MLFLOW_SERVER_URL``, else the embedded
+            sqlite store (logged at start-up, so a missing setting is not silent).
         settings: configuration; default: read from the environment.
     """
+
+    #: The model types, as the pre-upgrade class exposed them (a list).
+    VALID_MODEL_TYPES: list[str] = list(MODEL_TYPES)
 
     def __init__(self, tracking_uri: str | None = None, *, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self.tracking_uri = tracking_uri or self.settings.tracking_uri
+        source = "the tracking_uri argument" if tracking_uri else self.settings.tracking_uri_source
+        level = logging.WARNING if source == "embedded default" else logging.INFO
+        local = self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri
+        shown = self.tracking_uri if local else redact_url(self.tracking_uri)
+        logger.log(level, "MLflow store: %s (from %s)", shown, source)
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self._activate()
@@ -123,18 +135,21 @@ class HokusaiModelRegistry:
         *,
         pip_requirements: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Log and register a model improved on ``baseline_id`` (``name/version``) by ``contributor``.
+        """Log and register a model improved on ``baseline_id`` (``<name>_baseline/<version>``) by ``contributor``.
 
-        Registered as ``hokusai_{model_type}_improved``; the version is tagged with the
-        contributor and the baseline id. Raises as :meth:`register_baseline`.
+        Registered as ``<name>_improved``; the version is tagged with the contributor and the
+        baseline id. The model type is the one the baseline name implies
+        (``hokusai_<model_type>_baseline``), else the baseline version's ``model_type`` tag (or
+        its run's ``model_type`` param). Raises as :meth:`register_baseline`.
         """
         model_inputs.check_model(model)
-        model_type = model_inputs.model_type_of_baseline(baseline_id)
+        ref = model_inputs.parse_baseline(baseline_id)
         model_inputs.check_contributor(contributor)
         deltas = model_inputs.check_delta_metrics(delta_metrics)
+        model_type = ref.model_type or self._baseline_model_type(ref)
         result = self._register_object(
             model,
-            model_name=f"hokusai_{model_type}_improved",
+            model_name=ref.improved_name,
             model_type=model_type,
             is_baseline=False,
             metadata=metadata,
@@ -178,6 +193,15 @@ class HokusaiModelRegistry:
             signatures.check_example(input_example, parsed)
         example = signatures.example_frame(input_example) if input_example is not None else None
         run_tags = {lineage.RUN_TAGS[key]: value for key, value in (git or {}).items() if value}
+        extra = dict(extra_version_tags or {})
+        run_params = model_inputs.legacy_run_params(
+            model_type=model_type,
+            is_baseline=is_baseline,
+            metadata=meta,
+            baseline_id=extra.get(TAG_BASELINE_ID),
+            contributor=extra.get(TAG_CONTRIBUTOR),
+            improvement_count=None if is_baseline else len(metrics or {}),
+        )
         version_tags = {
             TAG_MODEL_TYPE: model_type,
             TAG_IS_BASELINE: "true" if is_baseline else "false",
@@ -192,6 +216,7 @@ class HokusaiModelRegistry:
                     log_model,
                     run_name=model_name,
                     run_tags=run_tags,
+                    run_params=run_params,
                     params=model_inputs.searchable_params(meta),
                     metrics=metrics,
                     log_kwargs={
@@ -204,6 +229,7 @@ class HokusaiModelRegistry:
                 )
             else:
                 model_info = existing_model_info
+                self._log_missing_params(model_info.run_id, run_params)
             version = mlflow.register_model(
                 model_info.model_uri,
                 model_name,
@@ -235,12 +261,17 @@ class HokusaiModelRegistry:
         return self.describe_version(version)
 
     def describe_version(self, version: ModelVersion) -> dict[str, Any]:
-        """Full result for a registered version, read back from its tags and ``ModelInfo``."""
+        """Full result for a registered version, read back from its tags and ``ModelInfo``.
+
+        The model is read through ``models:/<model_uuid>`` when it is an MLflow 3 LoggedModel,
+        else through the version's own source (``runs:/...`` of versions registered before).
+        """
         tags = dict(version.tags or {})
         self._activate()
         uuid = tags.get(TAG_MODEL_UUID) or _model_id_from_source(version.source)
+        uri = f"models:/{uuid}" if uuid and uuid.startswith("m-") else str(version.source)
         with mlflow_boundary(f"reading model {version.name}/{version.version}"):
-            info = mlflow.models.get_model_info(f"models:/{uuid}" if uuid else str(version.source))
+            info = mlflow.models.get_model_info(uri)
         result = self._result(
             info,
             version,
@@ -248,27 +279,68 @@ class HokusaiModelRegistry:
             is_baseline=tags.get(TAG_IS_BASELINE) == "true",
             metadata=info.metadata or {},
         )
+        result["model_uuid"] = uuid or info.model_uuid
         result["tags"] = tags
         if TAG_BASELINE_ID in tags:
             result["baseline_id"] = tags[TAG_BASELINE_ID]
             result["contributor"] = tags.get(TAG_CONTRIBUTOR)
         return result
 
-    def get_model_lineage(self, model_name: str) -> list[dict[str, Any]]:
-        """Every version of ``model_name``, oldest first, with uuid, run, baseline and contributor.
+    def get_model_lineage(self, model_id: str) -> list[dict[str, Any]]:
+        """Every version of the registered model ``model_id``, oldest first.
 
-        Built from version tags only (no MLmodel downloads, no ``mlflow.log-model.history``).
+        Each item has the version's uuid, run, baseline, contributor and aliases, its
+        ``created_at`` (epoch ms) and run ``metrics``; the newest of two or more carries
+        ``cumulative_improvement``.
+
+        Raises:
+            ModelNotFoundError: (a ``ValueError``) no registered model has that name.
+            InvalidInputError: ``model_id`` is not a registered-model name.
         """
-        if not isinstance(model_name, str) or not model_inputs.MODEL_NAME_RE.fullmatch(model_name):
-            raise InvalidInputError(f"model_name may hold only letters, digits, '_', '.', '-'; got {model_name!r}")
-        versions = self._search_versions(f"name = '{model_name}'")
-        return self._summaries(sorted(versions, key=lambda v: int(v.version)))
+        if not isinstance(model_id, str) or not model_inputs.MODEL_NAME_RE.fullmatch(model_id):
+            raise InvalidInputError(f"model_name may hold only letters, digits, '_', '.', '-'; got {model_id!r}")
+        versions = sorted(self._search_versions(f"name = '{model_id}'"), key=lambda v: int(v.version))
+        if not versions:
+            raise ModelNotFoundError(f"Model {model_id} not found")
+        runs = self._runs(v.run_id for v in versions)
+        entries = []
+        for summary, version in zip(self._summaries(versions), versions, strict=True):
+            run = runs.get(version.run_id or "")
+            entry = compat.lineage_entry(summary, version, run.data.metrics if run else {})
+            compat.fill_from_legacy_params(entry, run.data.params if run else {})
+            entries.append(entry)
+        if len(entries) > 1:
+            entries[-1]["cumulative_improvement"] = compat.cumulative_improvement(
+                entries, self._baseline_metrics(entries)
+            )
+        return entries
 
-    def get_contributor_models(self, address: str) -> list[dict[str, Any]]:
-        """Every improved version attributed to the wallet ``address`` (case-insensitive)."""
-        model_inputs.check_contributor(address)
-        versions = self._search_versions(f"tags.{TAG_CONTRIBUTOR} = '{address.lower()}'")
-        return self._summaries(sorted(versions, key=lambda v: (v.name, int(v.version))))
+    def get_contributor_models(self, contributor_address: str) -> list[dict[str, Any]]:
+        """Every improved version attributed to the wallet ``contributor_address`` (any letter case).
+
+        Each item has the version summary plus ``contributor_address``, ``metrics`` (of its run)
+        and ``created_at``. An address that is not ``0x`` + 40 hex characters finds nothing
+        (``[]``, as before the upgrade) and never reaches MLflow.
+        """
+        if not isinstance(contributor_address, str) or not model_inputs.CONTRIBUTOR_RE.fullmatch(contributor_address):
+            logger.warning("get_contributor_models: not a wallet address: %r", contributor_address)
+            return []
+        versions = self._search_versions(f"tags.{TAG_CONTRIBUTOR} = '{contributor_address.lower()}'")
+        versions.sort(key=lambda v: (v.name, int(v.version)))
+        runs = self._runs(v.run_id for v in versions)
+        items = []
+        for summary, version in zip(self._summaries(versions), versions, strict=True):
+            run = runs.get(version.run_id or "")
+            items.append(
+                compat.contributor_entry(
+                    summary,
+                    version,
+                    queried_address=contributor_address,
+                    metrics=run.data.metrics if run else {},
+                    run_start_ms=run.info.start_time if run else None,
+                )
+            )
+        return items
 
     def find_version_by_tag(self, key: str, value: str) -> ModelVersion | None:
         """The oldest version whose tag ``key`` equals ``value`` (both validated by the caller)."""
@@ -276,15 +348,50 @@ class HokusaiModelRegistry:
         return min(versions, key=lambda v: int(v.version)) if versions else None
 
     def promote_model_to_production(self, model_name: str, version: str | int) -> dict[str, Any]:
-        """Point the ``production`` alias of ``model_name`` at ``version``."""
+        """Point the ``production`` alias of ``model_name`` at ``version``.
+
+        The version's ``lifecycle_stage`` tag becomes ``production``; the version that held the
+        alias before gets ``archived`` (MLflow's retired stages did the same).
+
+        Returns:
+            ``{model_id, model_name, version, stage: "Production", alias, timestamp}``.
+        """
         if not isinstance(model_name, str) or not model_inputs.MODEL_NAME_RE.fullmatch(model_name):
             raise InvalidInputError(f"model_name is not a valid registered model name: {model_name!r}")
         if not str(version).isdigit():
             raise InvalidInputError(f"version must be a positive integer, got {version!r}")
+        number = str(version)
         self._activate()
-        with mlflow_boundary(f"promoting {model_name}/{version}"):
-            self.client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, str(version))
-        return {"model_name": model_name, "version": str(version), "alias": PRODUCTION_ALIAS}
+        with mlflow_boundary(f"promoting {model_name}/{number}"):
+            aliases = self.client.get_registered_model(model_name).aliases or {}
+            self.client.get_model_version(model_name, number)  # a missing version fails before any change
+            previous = aliases.get(PRODUCTION_ALIAS)
+            self.client.set_registered_model_alias(model_name, PRODUCTION_ALIAS, number)
+            self.client.set_model_version_tag(model_name, number, compat.TAG_LIFECYCLE_STAGE, "production")
+            if previous is not None and str(previous) != number:
+                self.client.set_model_version_tag(model_name, str(previous), compat.TAG_LIFECYCLE_STAGE, "archived")
+        return compat.promotion_result(model_name, number, PRODUCTION_ALIAS)
+
+    def get_production_models(self) -> list[dict[str, Any]]:
+        """Every registered model's production version: ``{model_name, version, stage, description, tags}``.
+
+        As before the upgrade, a failure to read the registry is logged and gives ``[]``.
+        """
+        self._activate()
+        models: list[Any] = []
+        token: str | None = None
+        try:
+            with mlflow_boundary("listing registered models"):
+                while True:
+                    page = self.client.search_registered_models(max_results=1000, page_token=token)
+                    models.extend(page)
+                    token = page.token
+                    if not token:
+                        break
+        except (RegistryUnavailableError, MlflowException) as exc:
+            logger.error("cannot list production models: %s", exc)
+            return []
+        return compat.production_entries(models, PRODUCTION_ALIAS)
 
     # ------------------------------------------------------------------ upgrade path
     def backfill_model_uuids(
@@ -293,31 +400,10 @@ class HokusaiModelRegistry:
         dry_run: bool = False,
         on_progress: Callable[[ModelVersion], None] | None = None,
     ) -> dict[str, Any]:
-        """Tag every version registered without a ``model_uuid`` tag with its model's uuid.
+        """Bring versions registered before the upgrade up to date (see ``worker.registration.backfill``)."""
+        from worker.registration.backfill import backfill
 
-        Safe to run twice: tagged versions are skipped. Returns counts and what was (or, with
-        ``dry_run``, would be) changed; versions whose model cannot be read are listed, not fatal.
-        """
-        report: dict[str, Any] = {"scanned": 0, "already_tagged": 0, "tagged": [], "unresolved": []}
-        for version in self._search_versions(None):
-            report["scanned"] += 1
-            try:
-                if TAG_MODEL_UUID in (version.tags or {}):
-                    report["already_tagged"] += 1
-                    continue
-                uuid = self._uuid_of_version(version)
-                if uuid is None:
-                    report["unresolved"].append({"model_name": version.name, "version": version.version})
-                    continue
-                if not dry_run:
-                    with mlflow_boundary(f"tagging {version.name}/{version.version}"):
-                        self.client.set_model_version_tag(version.name, version.version, TAG_MODEL_UUID, uuid)
-                report["tagged"].append({"model_name": version.name, "version": version.version, "model_uuid": uuid})
-            finally:
-                if on_progress is not None:
-                    on_progress(version)
-        report["dry_run"] = dry_run
-        return report
+        return backfill(self, dry_run=dry_run, on_progress=on_progress)
 
     def count_versions(self) -> int:
         """How many model versions the registry holds (for progress bars)."""
@@ -380,6 +466,7 @@ class HokusaiModelRegistry:
         *,
         run_name: str,
         run_tags: dict[str, str],
+        run_params: dict[str, str],
         params: dict[str, str],
         metrics: Mapping[str, float] | None,
         log_kwargs: dict[str, Any],
@@ -394,7 +481,22 @@ class HokusaiModelRegistry:
             if metrics:
                 mlflow.log_metrics(dict(metrics))
             # Params go with the model (same request), searchable with search_logged_models.
-            return log_model({**log_kwargs, "params": params or None})
+            info = log_model({**log_kwargs, "params": params or None})
+            # The pre-upgrade names, on the run, for mlflow.search_runs; logged after the model so
+            # MLflow does not copy them into its params (it takes 100 per request).
+            items = list(run_params.items())
+            for start in range(0, len(items), 100):
+                mlflow.log_params(dict(items[start : start + 100]))
+            return info
+
+    def _log_missing_params(self, run_id: str | None, run_params: dict[str, str]) -> None:
+        """Resuming a logged model: the run params a crash may have cut off (params never change)."""
+        run = self._runs([run_id]).get(run_id or "") if run_id else None
+        if run is None:
+            return
+        missing = [Param(key, value) for key, value in run_params.items() if key not in run.data.params]
+        for start in range(0, len(missing), 100):
+            self.client.log_batch(run.info.run_id, params=missing[start : start + 100])
 
     def _search_versions(self, filter_string: str | None) -> list[ModelVersion]:
         self._activate()
@@ -408,18 +510,23 @@ class HokusaiModelRegistry:
                 if not token:
                     return found
 
-    def _uuid_of_version(self, version: ModelVersion) -> str | None:
-        uuid = _model_id_from_source(version.source) or getattr(version, "model_id", None)
-        if uuid:
-            return uuid
-        try:
-            with mlflow_boundary(f"reading model {version.name}/{version.version}"):
-                return mlflow.models.get_model_info(str(version.source)).model_uuid
-        except RegistryUnavailableError:
-            raise
-        except Exception as exc:  # a bad MLmodel or a missing artifact plugin: report it, keep going
-            logger.warning("cannot read the model of %s/%s: %s", version.name, version.version, exc)
-            return None
+    def _runs(self, run_ids: Any) -> dict[str, Any]:
+        """``run_id -> Run`` for the runs that still exist (a deleted run is simply absent)."""
+        found: dict[str, Any] = {}
+        with mlflow_boundary("reading runs"):
+            for run_id in {r for r in run_ids if r}:
+                try:
+                    found[run_id] = self.client.get_run(run_id)
+                except MlflowException as exc:
+                    if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                        raise
+        return found
+
+    def _baseline_metrics(self, entries: list[dict[str, Any]]) -> dict[str, float] | None:
+        return compat.baseline_metrics(self, entries)
+
+    def _baseline_model_type(self, ref: BaselineRef) -> str:
+        return compat.baseline_model_type(self, ref)
 
     def _result(
         self,
