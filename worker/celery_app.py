@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from celery import Celery, bootsteps, signals
 
 from hokusai_registry import log
+from hokusai_registry.errors import ConfigurationError
 from hokusai_registry.settings import get_settings
 
 # One retry layer per call: Celery owns the long backoff between attempts, so MLflow's own
@@ -17,8 +19,12 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
 
-app = Celery("hokusai-registry", include=["worker.tasks"])
+app = Celery("hokusai-registry", include=["worker.tasks"], task_cls="worker.base_task:HokusaiTask")
 app.config_from_object("celeryconfig")
+# Poison messages are quarantined where their raw bytes still exist (see worker/poison.py).
+if app.conf.broker_url.split("://", 1)[0] in {"redis", "rediss"}:
+    app.conf.broker_transport = "worker.poison:Transport"
+app.conf.worker_consumer = "worker.poison:QuarantiningConsumer"
 
 
 class StartupChecks(bootsteps.Step):
@@ -27,7 +33,11 @@ class StartupChecks(bootsteps.Step):
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         from worker.webhooks.delivery import check_webhook_config
 
-        check_webhook_config(get_settings())
+        try:
+            check_webhook_config(get_settings())
+        except ConfigurationError as exc:  # one line naming the variable and the fix, no traceback
+            print(f"the worker cannot start: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         super().__init__(parent, **kwargs)
 
 
@@ -66,9 +76,12 @@ app.steps["worker"].update({StartupChecks, DeferredWebhookPump})
 
 
 @signals.setup_logging.connect
-def _configure_logging(**_: Any) -> None:
-    """Our format (job context on every line, LOG_FORMAT=json) instead of Celery's."""
-    log.configure_logging(get_settings())
+def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Our format (job context on every line, LOG_FORMAT=json) instead of Celery's.
+
+    ``--loglevel`` is honoured when more verbose than ``LOG_LEVEL`` (Celery's default is WARNING).
+    """
+    log.configure_logging(get_settings(), loglevel=loglevel)
 
 
 @signals.worker_process_init.connect
