@@ -9,12 +9,13 @@ This module imports only pydantic and the standard library, so producers can use
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Schemes MLflow's artifact repositories read, accepted for ``artifact_uri`` by default.
@@ -91,8 +92,13 @@ class Settings(BaseSettings):
 
     # --- webhooks ------------------------------------------------------------------------
     webhook_url: str | None = Field(default=None, description="Marketplace endpoint; unset: no webhook.")
-    webhook_secret: SecretStr | None = Field(default=None, description="HMAC secret (whsec_<base64> or text).")
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC secret, whsec_<base64>.")
     webhook_allow_unsigned: bool = Field(default=False, description="Development only: send unsigned.")
+    webhook_allow_plaintext_secret: bool = Field(
+        default=False,
+        description="Accept a WEBHOOK_SECRET that is not whsec_<base64> (Standard Webhooks libraries cannot "
+        "verify its webhook-signature); make one with `hokusai-registry webhooks new-secret`.",
+    )
     webhook_allow_http: bool = Field(default=False, description="Allow http:// endpoints (local receivers).")
     webhook_connect_timeout_s: float = Field(default=5.0, gt=0, description="Connect timeout of one attempt.")
     webhook_read_timeout_s: float = Field(default=15.0, gt=0, description="Read timeout of one attempt.")
@@ -195,5 +201,31 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
+    """The process-wide settings, read once from the environment.
+
+    Raises:
+        pydantic.ValidationError: a variable is invalid; show it with :func:`describe_invalid`.
+    """
     return Settings()
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """One line naming each invalid variable and what is wrong: never the value (it may be a secret)."""
+    problems = "; ".join(
+        f"{'.'.join(map(str, err['loc'])).upper() or 'settings'}: {str(err['msg']).removeprefix('Value error, ')}"
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)
+    )
+    return f"invalid settings: {problems} (fix the environment variable; see docs/configuration.md)"
+
+
+def settings_or_exit(program: str) -> Settings:
+    """:func:`get_settings` for a process start-up: an invalid setting prints one line and exits 2.
+
+    For ``celery -A worker worker`` / ``flower``, which would otherwise print a traceback with
+    pydantic's ``input_value`` (half of a secret).
+    """
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        print(f"{program} cannot start: {describe_invalid(exc)}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

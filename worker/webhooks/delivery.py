@@ -34,7 +34,7 @@ from hokusai_registry.errors import (
 from hokusai_registry.settings import Settings
 from worker.webhooks.backoff import parse_retry_after, retry_delay
 from worker.webhooks.event import WebhookEvent
-from worker.webhooks.signing import signature_headers, standard_webhooks_key
+from worker.webhooks.signing import STANDARD_SECRET_PREFIX, signature_headers, standard_webhooks_key
 from worker.webhooks.store import EventRecord, EventStore
 
 logger = logging.getLogger(__name__)
@@ -114,6 +114,11 @@ def check_webhook_config(settings: Settings) -> None:
     secret = webhook_secret(settings)
     if secret is not None:
         standard_webhooks_key(secret)
+        if not secret.startswith(STANDARD_SECRET_PREFIX) and not settings.webhook_allow_plaintext_secret:
+            raise ConfigurationError(
+                "WEBHOOK_SECRET is not a whsec_<base64> secret, which Standard Webhooks receivers need; make one "
+                "with `hokusai-registry webhooks new-secret`, or set WEBHOOK_ALLOW_PLAINTEXT_SECRET=true"
+            )
     elif settings.webhook_allow_unsigned:
         logger.warning("WEBHOOK_ALLOW_UNSIGNED is set: webhooks are sent without signatures")
     else:

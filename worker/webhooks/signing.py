@@ -21,6 +21,7 @@ import binascii
 import hashlib
 import hmac
 import logging
+import secrets
 
 from hokusai_registry import __version__
 from hokusai_registry.errors import ConfigurationError
@@ -31,6 +32,11 @@ STANDARD_SECRET_PREFIX = "whsec_"
 USER_AGENT = f"hokusai-registry/{__version__}"
 HOKUSAI_SIGNATURE_HEADER = "X-Hokusai-Signature"
 IDEMPOTENCY_HEADER = "X-Hokusai-Idempotency-Key"
+
+
+def new_secret(n_bytes: int = 32) -> str:
+    """A fresh ``whsec_<base64>`` secret (``n_bytes`` random bytes) for ``WEBHOOK_SECRET``."""
+    return STANDARD_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(n_bytes)).decode("ascii")
 
 
 def standard_webhooks_key(secret: str) -> bytes:
