@@ -106,3 +106,30 @@ def test_httpx_request_log_shows_no_query_or_credentials(capfd: pytest.CaptureFi
     err = capfd.readouterr().err
     assert f"HTTP Request: POST http://{hostport}/webhooks/model-registered" in err
     assert "QQQ" not in err and "token=" not in err
+
+
+def test_the_docs_verification_snippet_verifies_a_real_delivery_with_headers_in_any_case() -> None:
+    import re
+
+    from devtools.receiver import WebhookReceiver
+    from hokusai_registry.contract import RegistrationJob
+    from hokusai_registry.settings import Settings
+    from worker.webhooks.delivery import deliver
+    from worker.webhooks.event import build_event
+
+    text = (ROOT / "docs" / "webhooks.md").read_text(encoding="utf-8")
+    [snippet] = [block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "def verify(" in block]
+    namespace: dict[str, Any] = {}
+    exec(compile(snippet, "docs/webhooks.md", "exec"), namespace)
+    job = RegistrationJob(kind="baseline", model_type="ranking", artifact_uri="file:///staging/m", token_id="t")
+    event = build_event({"model_name": "m", "version": "1", "run_id": "r"}, job)
+    with WebhookReceiver(SECRET) as receiver:
+        settings = Settings(webhook_url=receiver.url, webhook_secret=SECRET, webhook_allow_http=True)
+        deliver(event, url=receiver.url, secret=SECRET, client=None, settings=settings)
+        [received] = receiver.requests
+    for case in (str.lower, str.upper, str.title):
+        headers = {case(name): value for name, value in received.headers.items()}
+        assert namespace["verify"](received.body, headers, SECRET)["model"]["version"] == "1"
+    tampered = dict(received.headers)
+    with pytest.raises(Exception):  # noqa: B017 - either signature check may be the one that refuses
+        namespace["verify"](received.body + b" ", tampered, SECRET)
