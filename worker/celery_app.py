@@ -84,11 +84,22 @@ def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
     log.configure_logging(get_settings(), loglevel=loglevel)
 
 
+@signals.worker_init.connect
+def _sweep_scratch(**_: Any) -> None:
+    """Remove temp folders that SIGKILLed worker processes left behind."""
+    from worker import scratch
+
+    scratch.sweep_dead()
+
+
 @signals.worker_process_init.connect
 def _warm_up(**_: Any) -> None:
     """Open this pool process's MLflow store now, so the first job does not pay for it."""
+    from worker import scratch
     from worker.clients import get_registry
 
+    scratch.sweep_dead()
+    scratch.use_process_dir()
     try:
         get_registry().experiment_id()
     except Exception:  # MLflow may be down at start-up; the first job will retry
@@ -108,4 +119,7 @@ def _bind_job_context(task_id: str | None = None, args: tuple[Any, ...] | None =
 
 @signals.task_postrun.connect
 def _clear_job_context(**_: Any) -> None:
+    from worker import scratch
+
     log.clear()
+    scratch.clear_process_dir()  # the job's temp copies, also of a job that failed
