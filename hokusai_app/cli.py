@@ -323,7 +323,7 @@ def webhooks() -> None:
 @webhooks.command("new-secret")
 def webhooks_new_secret() -> None:
     """Print a fresh whsec_<base64> secret for WEBHOOK_SECRET (share it with the receiver)."""
-    from worker.webhooks.signing import new_secret
+    from hokusai_registry.webhook_policy import new_secret
 
     click.echo(new_secret())
 
@@ -362,7 +362,11 @@ def webhooks_replay(event_ids: tuple[str, ...], replay_all: bool, since: datetim
         raise click.UsageError("name EVENT_IDS or pass --all, not both")
     if since is not None and not replay_all:
         raise click.UsageError("--since goes with --all")
-    report = replay_dead_letters(_event_store(), settings=_settings(), event_ids=event_ids or None, since=since)
+    from hokusai_registry.webhook_policy import check_webhook_config
+
+    settings = _settings()
+    check_webhook_config(settings)  # the same rules as the worker's start-up check
+    report = replay_dead_letters(_event_store(), settings=settings, event_ids=event_ids or None, since=since)
     _echo_json({"delivered": report.delivered, "already_delivered": report.already_delivered, "failed": report.failed})
     already = f", {len(report.already_delivered)} already delivered before" if report.already_delivered else ""
     _note(f"{len(report.delivered)} delivered{already}, {len(report.failed)} still undelivered")

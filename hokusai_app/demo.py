@@ -20,7 +20,7 @@ import click
 
 from devtools import devstack
 from hokusai_registry.settings import Settings
-from worker.webhooks.signing import new_secret
+from hokusai_registry.webhook_policy import new_secret
 
 PIPELINE = devstack.PROJECT_ROOT / "examples" / "train_pipeline.py"
 

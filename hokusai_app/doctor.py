@@ -55,7 +55,7 @@ def check_mlflow(settings: Settings) -> Check:
 
 
 def check_webhooks(settings: Settings) -> Check:
-    from worker.webhooks.delivery import check_webhook_config
+    from hokusai_registry.webhook_policy import check_webhook_config
 
     if settings.webhook_url is None:
         return Check("webhooks", "warn", "WEBHOOK_URL is not set: events are kept as dead letters, not sent",

@@ -4,7 +4,7 @@ Every field is read from the upper-case variable of the same name (``REDIS_URL``
 ``MLFLOW_TRACKING_URI``, ``WEBHOOK_SECRET``, ...). The defaults run the embedded demo:
 MLflow on a sqlite store under ``HOKUSAI_HOME`` (``./.hokusai``), Redis on localhost.
 A value that cannot work fails here, at start-up, with the variable's name in the message.
-This module imports only pydantic and the standard library, so producers can use it.
+This module imports only pydantic, the standard library and core, so producers can use it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from hokusai_registry.webhook_policy import url_shape_problem
 
 #: Schemes MLflow's artifact repositories read, accepted for ``artifact_uri`` by default.
 DEFAULT_ARTIFACT_SCHEMES = (
@@ -144,9 +146,9 @@ class Settings(BaseSettings):
     def _check_webhook_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in {"http", "https"} or not parts.netloc:
-            raise ValueError("WEBHOOK_URL must be an absolute http(s) URL")
+        problem = url_shape_problem(value)  # http vs https is WEBHOOK_ALLOW_HTTP's, checked at start-up
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

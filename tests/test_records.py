@@ -16,6 +16,7 @@ from hokusai_registry.contract import REGISTER_TASK, REGISTRATION_QUEUE, Registr
 from hokusai_registry.errors import InvalidInputError
 from hokusai_registry.records import RecordStore, parse_since
 from hokusai_registry.redis_client import connect
+from hokusai_registry.webhook_policy import new_secret
 from producers import enqueue_registration
 from worker.webhooks.event import build_event
 from worker.webhooks.store import EventStore
@@ -120,6 +121,7 @@ def test_a_dead_lettered_webhook_shows_as_failed_with_the_replay_command(client:
 def test_replaying_a_delivered_event_says_so_and_exits_0(client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEBHOOK_URL", "http://127.0.0.1:9/hook")
     monkeypatch.setenv("WEBHOOK_ALLOW_HTTP", "true")
+    monkeypatch.setenv("WEBHOOK_SECRET", new_secret())
     store = EventStore(client)
     event = store.save_if_absent(build_event({"model_name": "m", "version": "1"}, RegistrationJob(**job_fields())))
     store.mark_delivered(event.event_id)

@@ -133,3 +133,17 @@ def test_the_docs_verification_snippet_verifies_a_real_delivery_with_headers_in_
     tampered = dict(received.headers)
     with pytest.raises(Exception):  # noqa: B017 - either signature check may be the one that refuses
         namespace["verify"](received.body + b" ", tampered, SECRET)
+
+
+def test_the_webhook_rules_are_written_once() -> None:
+    """Settings, the worker's start-up check, doctor, the CLI and delivery share one module's functions."""
+    from hokusai_app import doctor
+    from hokusai_registry import webhook_policy
+    from worker.webhooks import delivery, signing
+
+    assert delivery.check_webhook_config is webhook_policy.check_webhook_config
+    assert delivery.check_webhook_url is webhook_policy.check_webhook_url
+    assert signing.standard_webhooks_key is webhook_policy.standard_webhooks_key
+    for path in ("worker/celery_app.py", "hokusai_app/doctor.py", "hokusai_app/cli.py"):
+        assert "webhook_policy import check_webhook_config" in (ROOT / path).read_text(encoding="utf-8"), path
+    assert doctor.check_webhooks.__module__ == "hokusai_app.doctor"

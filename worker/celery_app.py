@@ -31,7 +31,7 @@ class StartupChecks(bootsteps.Step):
     """Refuse to start a worker whose settings cannot work (e.g. webhooks with no secret)."""
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
-        from worker.webhooks.delivery import check_webhook_config
+        from hokusai_registry.webhook_policy import check_webhook_config
 
         try:
             check_webhook_config(get_settings())
