@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 def envelope(task: str, args: list[Any], queue: str, *, content_type: str = "application/json",
-             body: str | None = None) -> bytes:  # fmt: skip
+             body: str | None = None, **headers: Any) -> bytes:  # fmt: skip
     """A Celery protocol-2 message as kombu's Redis transport stores it."""
     task_id = str(uuid.uuid4())
     raw_body = json.dumps([args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
@@ -33,7 +33,7 @@ def envelope(task: str, args: list[Any], queue: str, *, content_type: str = "app
             "body": body if body is not None else base64.b64encode(raw_body.encode()).decode(),
             "content-encoding": "utf-8",
             "content-type": content_type,
-            "headers": {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "retries": 0},
+            "headers": {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "retries": 0, **headers},
             "properties": {
                 "correlation_id": task_id,
                 "delivery_mode": 2,
@@ -59,6 +59,10 @@ def poison(queue: str) -> list[tuple[bytes, str]]:
         (envelope("hokusai.no_such_task", [{}], queue), "unknown task"),
         (envelope(REGISTER_TASK, [], queue), "wrong arguments"),
         (envelope(WEBHOOK_TASK, [{}, "extra", "args"], queue), "wrong arguments"),
+        (envelope(REGISTER_TASK, [{}], queue, timelimit="x"), "invalid headers"),
+        (envelope(REGISTER_TASK, [{}], queue, eta="not a date"), "invalid headers"),
+        (envelope(REGISTER_TASK, [{}], queue, expires={"a": 1}), "invalid headers"),
+        (envelope(REGISTER_TASK, [{}], queue, retries="many"), "invalid headers"),
     ]
 
 

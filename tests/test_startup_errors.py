@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from hokusai_app.cli import main
-from tests.worker_process import ROOT
+from tests.worker_process import ROOT, wait_until
 
 SECRET_BYTES = b"QQQ-this-must-never-be-printed-QQQ"
 SECRET = "whsec_" + base64.b64encode(SECRET_BYTES).decode()
@@ -147,3 +148,13 @@ def test_the_webhook_rules_are_written_once() -> None:
     for path in ("worker/celery_app.py", "hokusai_app/doctor.py", "hokusai_app/cli.py"):
         assert "webhook_policy import check_webhook_config" in (ROOT / path).read_text(encoding="utf-8"), path
     assert doctor.check_webhooks.__module__ == "hokusai_app.doctor"
+
+
+def test_worker_loglevel_debug_is_honoured(worker_env: dict[str, str], tmp_path: Path) -> None:
+    from tests.worker_process import WorkerProcess
+
+    with WorkerProcess({**worker_env, "LOG_LEVEL": "INFO"}, tmp_path, loglevel="DEBUG") as worker:
+        wait_until(lambda: " DEBUG " in worker.log_text(), timeout_s=20, what="a DEBUG line in the worker log")
+    with WorkerProcess({**worker_env, "LOG_LEVEL": "INFO"}, tmp_path / "info", loglevel="INFO") as quiet:
+        text = quiet.log_text()
+    assert " INFO " in text and " DEBUG " not in text

@@ -10,9 +10,10 @@ raw bytes, queue and reason) and replaced by "nothing popped", so the loop goes 
 
 Checked, in order: JSON; a kombu envelope (properties with delivery tag and delivery info);
 ``application/json`` content (never pickle); a Celery protocol-2 task message (``task`` and
-``id`` headers); a body that decodes (base64, UTF-8, JSON ``[args, kwargs, embed]``); a task
-this worker knows; arguments that fit the task's signature. Celery's own consumer callbacks
-for unknown/invalid messages are overridden too (:class:`QuarantiningConsumer`), as a second net.
+``id`` headers; well-typed ``timelimit``, ``eta``, ``expires``, ``retries``, ids); a body that
+decodes (base64, UTF-8, JSON ``[args, kwargs, embed]``); a task this worker knows; arguments
+that fit the task's signature. Celery's own consumer callbacks for unknown/invalid messages are
+overridden too, and its task handler is guarded (:class:`QuarantiningConsumer`), as a second net.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import binascii
 import functools
 import json
 import logging
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -66,6 +68,9 @@ def check_message(raw: bytes, known_tasks: Any) -> None:
     if not isinstance(headers, dict) or not isinstance(headers.get("task"), str) or not headers.get("id"):
         raise Refused("not a Celery task message (no task and id headers)")
     task_name, task_id = headers["task"], str(headers["id"])
+    problem = _header_problem(headers)
+    if problem:
+        raise Refused(f"invalid headers: {problem}", task=task_name, task_id=task_id)
     args, kwargs = _decode_body(envelope, props, task_name, task_id)
     task = known_tasks.get(task_name)
     if task is None:
@@ -74,6 +79,41 @@ def check_message(raw: bytes, known_tasks: Any) -> None:
         task.__header__(*args, **kwargs)
     except TypeError as exc:
         raise Refused(f"wrong arguments for {task_name}: {exc}", task=task_name, task_id=task_id) from exc
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_time(value: Any) -> bool:
+    if value is None or _is_number(value):
+        return True
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _header_problem(headers: dict[str, Any]) -> str | None:
+    """What is wrong with the headers Celery's consumer reads before a task runs (it would crash on them)."""
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+        isinstance(limits, list) and len(limits) == 2 and all(v is None or _is_number(v) for v in limits)
+    ):
+        return f"timelimit must be [soft, hard] seconds or null, got {str(limits)[:100]!r}"
+    for name in ("eta", "expires"):
+        if not _is_time(headers.get(name)):
+            return f"{name} must be an ISO-8601 time or null, got {str(headers.get(name))[:100]!r}"
+    retries = headers.get("retries", 0)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        return f"retries must be a non-negative integer, got {str(retries)[:100]!r}"
+    for name in ("root_id", "parent_id", "group", "shadow", "origin", "argsrepr", "kwargsrepr"):
+        if headers.get(name) is not None and not isinstance(headers[name], str):
+            return f"{name} must be text or null"
+    return None
 
 
 def _decode_body(
@@ -155,6 +195,28 @@ class QuarantiningConsumer(Consumer):
         ).encode()
         info = message.delivery_info or {}
         keep(raw, queue=str(info.get("routing_key") or "?"), refused=Refused(reason))
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's handler, guarded: a message it cannot even turn into a request is quarantined.
+
+        Without this, an exception while reading a message's headers (e.g. a malformed
+        ``timelimit``) is an "Unrecoverable error" that stops the worker.
+        """
+        handler = super().create_task_handler(*args, **kwargs)
+        connection_errors = tuple(self.connection_errors)
+
+        def guarded(message: Any) -> Any:
+            try:
+                return handler(message)
+            except connection_errors:
+                raise
+            except Exception as exc:
+                self._keep(message, f"invalid task message: {type(exc).__name__}: {exc}")
+                if not message.acknowledged:
+                    message.reject_log_error(logger, self.connection_errors)
+                return None
+
+        return guarded
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         self._keep(message, f"undecodable message: {exc}")
