@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
@@ -147,3 +148,37 @@ def test_jobs_retry_republishes_with_the_same_id_and_removes_the_record(client: 
     assert failed_jobs.get_failure(client, job["job_id"]) is None
     again = run("jobs", "retry", job["job_id"])
     assert again.exit_code == 2 and "no failed job" in again.stderr
+
+
+@pytest.mark.slow
+def test_a_failed_job_retried_from_the_cli_registers_with_the_same_id(
+    worker_env: dict[str, str], redis_url: str, staging: Any, sk_model: Any, tmp_path: Any
+) -> None:
+    import shutil
+
+    from tests.queue_helpers import client_app, save_model_dir, wait_result
+    from tests.worker_process import WorkerProcess
+
+    model_dir = save_model_dir(sk_model, staging)
+    kept = tmp_path / "kept-model"
+    shutil.copytree(model_dir, kept)
+    job_id = enqueue_registration(job_fields(artifact_uri=str(model_dir), model_type="classification"))
+    shutil.rmtree(model_dir)  # gone before a worker runs the job: it fails for good
+    client = connect(redis_url)
+    app = client_app(redis_url)
+    with WorkerProcess(worker_env, tmp_path) as worker:
+        assert wait_result(app, job_id).state == "FAILURE", worker.log_tail()
+        record = failed_jobs.get_failure(client, job_id)
+        assert record is not None and record.task == REGISTER_TASK and record.job is not None
+
+        shutil.copytree(kept, model_dir)  # the operator fixed the cause
+        result = run("jobs", "retry", job_id)
+        assert result.exit_code == 0, result.output
+        assert result.stdout.strip() == job_id
+        assert failed_jobs.get_failure(client, job_id) is None
+        retried = client_app(redis_url).AsyncResult(job_id)  # a fresh backend: the first one cached FAILURE
+        from tests.worker_process import wait_until
+
+        wait_until(lambda: retried.state == "SUCCESS", timeout_s=60, what="the retried job")
+        assert retried.result["job_id"] == job_id
+    assert failed_jobs.get_failure(client, job_id) is None
