@@ -16,9 +16,9 @@ from hokusai_registry.contract import (
     WEBHOOK_QUEUE,
     WEBHOOK_TASK,
 )
-from hokusai_registry.settings import get_settings
+from hokusai_registry.settings import settings_or_exit
 
-_settings = get_settings()
+_settings = settings_or_exit("the worker")
 
 broker_url = _settings.redis_url
 result_backend = _settings.redis_url

@@ -223,8 +223,13 @@ def mlflow_server(
     port: int | None = None,
     workers: int = 1,
     startup_timeout_s: float = 180,
+    started: list[subprocess.Popen[bytes]] | None = None,
 ) -> Iterator[str]:
-    """Run ``mlflow server`` on ``backend_uri`` with served artifacts; yield ``http://127.0.0.1:<port>``."""
+    """Run ``mlflow server`` on ``backend_uri`` with served artifacts; yield ``http://127.0.0.1:<port>``.
+
+    ``started`` (when given) receives the server's process, the leader of its own process group
+    (a test can SIGKILL the whole group, as a host crash would).
+    """
     port = port or free_port()
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
@@ -241,6 +246,8 @@ def mlflow_server(
         command += ["--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    if started is not None:
+        started.append(process)
     try:
         deadline = time.monotonic() + startup_timeout_s
         while not _healthy(url):

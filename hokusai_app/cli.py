@@ -17,8 +17,8 @@ import click
 from pydantic import ValidationError
 
 from hokusai_registry.contract import MODEL_TYPES, job_json_schema
-from hokusai_registry.errors import ConfigurationError, HokusaiError
-from hokusai_registry.settings import Settings, get_settings
+from hokusai_registry.errors import ConfigurationError, HokusaiError, InvalidInputError
+from hokusai_registry.settings import Settings, describe_invalid, get_settings
 
 
 class _ProductError(click.ClickException):
@@ -43,11 +43,7 @@ def _settings() -> Settings:
     try:
         return get_settings()
     except ValidationError as exc:  # never echo the input: it may hold a password
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])).upper() or 'settings'}: {str(err['msg']).removeprefix('Value error, ')}"
-            for err in exc.errors(include_url=False, include_input=False)
-        )
-        raise ConfigurationError(f"invalid settings: {problems}") from exc
+        raise ConfigurationError(describe_invalid(exc)) from None
 
 
 def _echo_json(value: Any) -> None:
@@ -188,34 +184,108 @@ def jobs() -> None:
 @jobs.command("status")
 @click.argument("job_id")
 def jobs_status(job_id: str) -> None:
-    """Print the state and result/error of JOB_ID as JSON."""
-    from producers.enqueue import job_status
+    """Print the state and result/error of JOB_ID as JSON.
 
-    _echo_json(job_status(job_id, _settings()))
+    State UNKNOWN (exit 1): no producer enqueued JOB_ID while results are kept. A webhook that
+    was dead-lettered shows as FAILURE with its event id and the replay command.
+    """
+    from hokusai_app.status import full_status
+
+    status = full_status(job_id, _settings())
+    _echo_json(status)
+    if status["state"] == "UNKNOWN":
+        _note(f"job {status['job_id']} is unknown: never enqueued, or older than RESULT_EXPIRES_S")
+        sys.exit(1)
 
 
 def _parse_since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    from hokusai_registry.records import parse_since
+
     if value is None:
         return None
     try:
-        return datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise click.BadParameter(f"expected an ISO date/time, got {value!r}") from exc
+        return parse_since(value)
+    except InvalidInputError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+_SINCE_HELP = "ISO-8601 time with a zone, or naive = UTC (e.g. 2026-11-27T09:23:14)."
+
+
+def _redis() -> Any:
+    from hokusai_registry.redis_client import connect
+
+    return connect(_settings().redis_url)
 
 
 @jobs.command("failed")
-@click.option("--since", callback=_parse_since, help="Only failures at/after this ISO time (naive = UTC).")
+@click.option("--since", callback=_parse_since, help=f"Only failures at/after this time. {_SINCE_HELP}")
 def jobs_failed(since: datetime | None) -> None:
     """List jobs that failed for good (the failed-jobs store), oldest first, as JSON."""
     from hokusai_registry import failed_jobs
 
-    client = failed_jobs.connect(_settings().redis_url)
-    try:
-        records = failed_jobs.list_failures(client, since)
-    finally:
-        client.close()
+    records = failed_jobs.list_failures(_redis(), since)
     _echo_json([record.model_dump(mode="json") for record in records])
     _note(f"{len(records)} failed job(s)")
+
+
+@jobs.command("show-failed")
+@click.argument("job_id")
+def jobs_show_failed(job_id: str) -> None:
+    """Show the failure record of JOB_ID (with the job to replay) as JSON."""
+    from hokusai_registry import failed_jobs
+
+    record = failed_jobs.get_failure(_redis(), job_id)
+    if record is None:
+        raise click.ClickException(f"no failed job {job_id!r} (see 'hokusai-registry jobs failed')")
+    _echo_json(record.model_dump(mode="json"))
+
+
+@jobs.command("retry")
+@click.argument("job_id")
+def jobs_retry(job_id: str) -> None:
+    """Publish a failed job again with the same job id; its failure record is removed once published."""
+    from hokusai_app.retry import retry_failed_job
+
+    task_id = retry_failed_job(job_id, _settings())
+    click.echo(task_id)
+    _note(f"republished {task_id}; follow it with 'hokusai-registry jobs status {task_id}'")
+
+
+@jobs.command("quarantined")
+@click.option("--since", callback=_parse_since, help=f"Only messages received at/after this time. {_SINCE_HELP}")
+def jobs_quarantined(since: datetime | None) -> None:
+    """List quarantined messages (queue items no task could run), oldest first, as JSON."""
+    from hokusai_registry import quarantine
+
+    records = quarantine.store(_redis()).list(since)
+    _echo_json([record.as_dict() for record in records])
+    _note(f"{len(records)} quarantined message(s)")
+
+
+@jobs.command("show-quarantined")
+@click.argument("quarantine_id")
+def jobs_show_quarantined(quarantine_id: str) -> None:
+    """Show one quarantined message with its raw bytes (capped) as JSON."""
+    from hokusai_registry import quarantine
+
+    record = quarantine.store(_redis()).get(quarantine_id)
+    if record is None:
+        raise click.ClickException(
+            f"no quarantined message {quarantine_id!r} (see 'hokusai-registry jobs quarantined')"
+        )
+    _echo_json(record.as_dict(include_raw=True))
+
+
+@jobs.command("remove-quarantined")
+@click.argument("quarantine_id")
+def jobs_remove_quarantined(quarantine_id: str) -> None:
+    """Discard one quarantined message for good."""
+    from hokusai_registry import quarantine
+
+    if not quarantine.store(_redis()).remove(quarantine_id):
+        raise click.ClickException(f"no quarantined message {quarantine_id!r}")
+    _note(f"removed {quarantine_id}")
 
 
 # ------------------------------------------------------------------ maintenance
@@ -252,11 +322,9 @@ def backfill_uuids(dry_run: bool, tracking_uri: str | None) -> None:
 
 # ------------------------------------------------------------------ webhooks
 def _event_store() -> Any:
-    import redis
-
     from worker.webhooks.store import EventStore
 
-    return EventStore(redis.Redis.from_url(_settings().redis_url))
+    return EventStore(_redis())
 
 
 @main.group(cls=_Group)
@@ -264,8 +332,16 @@ def webhooks() -> None:
     """Inspect and replay webhook events that could not be delivered (dead letters)."""
 
 
+@webhooks.command("new-secret")
+def webhooks_new_secret() -> None:
+    """Print a fresh whsec_<base64> secret for WEBHOOK_SECRET (share it with the receiver)."""
+    from hokusai_registry.webhook_policy import new_secret
+
+    click.echo(new_secret())
+
+
 @webhooks.command("failed")
-@click.option("--since", callback=_parse_since, help="Only those dead-lettered at/after this ISO time (naive = UTC).")
+@click.option("--since", callback=_parse_since, help=f"Only those dead-lettered at/after this time. {_SINCE_HELP}")
 def webhooks_failed(since: datetime | None) -> None:
     """List dead-lettered webhook events, oldest first, as JSON (without bodies)."""
     records = _event_store().list_dead_letters(since)
@@ -286,7 +362,7 @@ def webhooks_show(event_id: str) -> None:
 @webhooks.command("replay")
 @click.argument("event_ids", nargs=-1)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter (with --since: only recent ones).")
-@click.option("--since", callback=_parse_since, help="With --all: only those dead-lettered at/after this ISO time.")
+@click.option("--since", callback=_parse_since, help=f"With --all: only those dead-lettered at/after it. {_SINCE_HELP}")
 def webhooks_replay(event_ids: tuple[str, ...], replay_all: bool, since: datetime | None) -> None:
     """Send dead letters again (same body, same idempotency key); delivered ones are removed.
 
@@ -298,9 +374,14 @@ def webhooks_replay(event_ids: tuple[str, ...], replay_all: bool, since: datetim
         raise click.UsageError("name EVENT_IDS or pass --all, not both")
     if since is not None and not replay_all:
         raise click.UsageError("--since goes with --all")
-    report = replay_dead_letters(_event_store(), settings=_settings(), event_ids=event_ids or None, since=since)
-    _echo_json({"delivered": report.delivered, "failed": report.failed})
-    _note(f"{len(report.delivered)} delivered, {len(report.failed)} still undelivered")
+    from hokusai_registry.webhook_policy import check_webhook_config
+
+    settings = _settings()
+    check_webhook_config(settings)  # the same rules as the worker's start-up check
+    report = replay_dead_letters(_event_store(), settings=settings, event_ids=event_ids or None, since=since)
+    _echo_json({"delivered": report.delivered, "already_delivered": report.already_delivered, "failed": report.failed})
+    already = f", {len(report.already_delivered)} already delivered before" if report.already_delivered else ""
+    _note(f"{len(report.delivered)} delivered{already}, {len(report.failed)} still undelivered")
     if report.failed:
         sys.exit(1)
 

@@ -9,10 +9,8 @@ runs as its own process, as a training job would, and enqueues its model. The de
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +20,7 @@ import click
 
 from devtools import devstack
 from hokusai_registry.settings import Settings
+from hokusai_registry.webhook_policy import new_secret
 
 PIPELINE = devstack.PROJECT_ROOT / "examples" / "train_pipeline.py"
 
@@ -33,7 +32,7 @@ def run_demo(settings: Settings, *, timeout_s: float = 180) -> dict[str, Any]:
 
     home = settings.hokusai_home.resolve()
     logs = home / "logs"
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    secret = new_secret()
     with devstack.redis_server(settings.redis_url, home / "redis") as redis_url, WebhookReceiver(secret) as receiver:
         env = {
             "REDIS_URL": redis_url,

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from hokusai_registry.contract import CELERY_WIRE_SETTINGS
 from hokusai_registry.errors import ConfigurationError
+from hokusai_registry.redaction import redact_url
+from hokusai_registry.redis_client import connect
 from hokusai_registry.settings import Settings
 
 Status = Literal["ok", "warn", "fail"]
@@ -29,26 +30,17 @@ class Check:
         return asdict(self)
 
 
-def redact(url: str) -> str:
-    """A URL without its password, for printing."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 def check_redis(settings: Settings) -> Check:
     import redis
 
     try:
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
+        client = connect(settings.redis_url)
         client.ping()
         version = client.info("server").get("redis_version", "?")
     except redis.RedisError as exc:
-        return Check("redis", "fail", f"{redact(settings.redis_url)} does not answer: {exc}",
+        return Check("redis", "fail", f"{redact_url(settings.redis_url)} does not answer: {exc}",
                      "start Redis, or set REDIS_URL to one that runs")  # fmt: skip
-    return Check("redis", "ok", f"{redact(settings.redis_url)} answers (Redis {version})")
+    return Check("redis", "ok", f"{redact_url(settings.redis_url)} answers (Redis {version})")
 
 
 def check_mlflow(settings: Settings) -> Check:
@@ -58,13 +50,13 @@ def check_mlflow(settings: Settings) -> Check:
     try:
         MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models(max_results=1)
     except Exception as exc:  # any failure here means the store is not usable
-        return Check("mlflow", "fail", f"{redact(uri)} is not usable: {type(exc).__name__}: {str(exc)[:300]}",
+        return Check("mlflow", "fail", f"{redact_url(uri)} is not usable: {type(exc).__name__}: {str(exc)[:300]}",
                      "start the tracking server, or fix MLFLOW_TRACKING_URI")  # fmt: skip
-    return Check("mlflow", "ok", f"{redact(uri)} answers")
+    return Check("mlflow", "ok", f"{redact_url(uri)} answers")
 
 
 def check_webhooks(settings: Settings) -> Check:
-    from worker.webhooks.delivery import check_webhook_config
+    from hokusai_registry.webhook_policy import check_webhook_config
 
     if settings.webhook_url is None:
         return Check("webhooks", "warn", "WEBHOOK_URL is not set: events are kept as dead letters, not sent",
@@ -74,7 +66,7 @@ def check_webhooks(settings: Settings) -> Check:
     except ConfigurationError as exc:
         return Check("webhooks", "fail", str(exc), "see docs/configuration.md (WEBHOOK_*)")
     signed = "signed" if settings.webhook_secret else "UNSIGNED (WEBHOOK_ALLOW_UNSIGNED)"
-    return Check("webhooks", "ok", f"events go to {redact(settings.webhook_url)}, {signed}")
+    return Check("webhooks", "ok", f"events go to {redact_url(settings.webhook_url)}, {signed}")
 
 
 def check_workers(settings: Settings) -> Check:
@@ -97,21 +89,22 @@ def check_workers(settings: Settings) -> Check:
 
 
 def check_backlog(settings: Settings) -> Check:
-    import redis
-
-    from hokusai_registry import failed_jobs
+    from hokusai_registry import failed_jobs, quarantine
     from worker.webhooks.store import EventStore
 
     try:
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
-        dead = len(EventStore(client).list_dead_letters())
+        client = connect(settings.redis_url)
+        dead = len(EventStore(client).dead_letters.list())
         failed = len(failed_jobs.list_failures(client))
+        poisoned = len(quarantine.store(client).list())
     except Exception as exc:  # already reported by the redis check
         return Check("backlog", "warn", f"could not read the failure stores: {exc}")
-    if dead or failed:
-        return Check("backlog", "warn", f"{failed} failed job(s), {dead} undelivered webhook(s)",
-                     "inspect with `hokusai-registry jobs failed` and `hokusai-registry webhooks failed`")  # fmt: skip
-    return Check("backlog", "ok", "no failed jobs, no undelivered webhooks")
+    if dead or failed or poisoned:
+        return Check("backlog", "warn",
+                     f"{failed} failed job(s), {dead} undelivered webhook(s), {poisoned} quarantined message(s)",
+                     "inspect with `hokusai-registry jobs failed`, `hokusai-registry webhooks failed` and "
+                     "`hokusai-registry jobs quarantined`")  # fmt: skip
+    return Check("backlog", "ok", "no failed jobs, no undelivered webhooks, no quarantined messages")
 
 
 CHECKS: tuple[Callable[[Settings], Check], ...] = (check_redis, check_mlflow, check_webhooks, check_workers,

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 
 from hokusai_registry.contract import job_id_of_task
+from hokusai_registry.redaction import redact_url
 from hokusai_registry.settings import Settings
 
 CONTEXT_FIELDS = ("job_id", "model_uuid", "version", "event_id")
@@ -75,6 +76,24 @@ def _celery_task_id(record: logging.LogRecord) -> str | None:
     return task_id if isinstance(task_id, str) else None
 
 
+class RedactUrlFilter(logging.Filter):
+    """URLs in log arguments (httpx logs every request's full URL at INFO) shown by ``redact_url``.
+
+    Scheme, host and path at most: never a query string or credentials.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(_redact_arg(arg) for arg in record.args)
+        return True
+
+
+def _redact_arg(arg: object) -> object:
+    if type(arg).__name__ == "URL" or (isinstance(arg, str) and arg.startswith(("http://", "https://"))):
+        return redact_url(str(arg))
+    return arg
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC), level, logger, message, context, exception."""
 
@@ -100,13 +119,21 @@ TEXT_FORMAT = (
 )
 
 
-def configure_logging(settings: Settings) -> None:
-    """Send logs to stderr in the configured format, with the job context on every line."""
+def configure_logging(settings: Settings, *, loglevel: int | str | None = None) -> None:
+    """Send logs to stderr in the configured format, with the job context on every line.
+
+    ``loglevel`` (e.g. ``celery worker --loglevel DEBUG``) wins when it is more verbose than ``LOG_LEVEL``.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ContextFilter())
+    handler.addFilter(RedactUrlFilter())
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper())
+    level = logging.getLevelName(settings.log_level.upper())
+    if loglevel is not None:
+        asked = loglevel if isinstance(loglevel, int) else logging.getLevelName(str(loglevel).upper())
+        level = min(level, asked) if isinstance(asked, int) else level
+    root.setLevel(level)
     for noisy in ("urllib3", "alembic", "botocore", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -4,18 +4,19 @@ Every field is read from the upper-case variable of the same name (``REDIS_URL``
 ``MLFLOW_TRACKING_URI``, ``WEBHOOK_SECRET``, ...). The defaults run the embedded demo:
 MLflow on a sqlite store under ``HOKUSAI_HOME`` (``./.hokusai``), Redis on localhost.
 A value that cannot work fails here, at start-up, with the variable's name in the message.
-This module imports only pydantic and the standard library, so producers can use it.
+This module imports only pydantic, the standard library and core, so producers can use it.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -23,6 +24,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from hokusai_registry.webhook_policy import url_shape_problem
 
 #: Schemes MLflow's artifact repositories read, accepted for ``artifact_uri`` by default.
 DEFAULT_ARTIFACT_SCHEMES = (
@@ -144,8 +147,13 @@ class Settings(BaseSettings):
 
     # --- webhooks ------------------------------------------------------------------------
     webhook_url: str | None = Field(default=None, description="Marketplace endpoint; unset: no webhook.")
-    webhook_secret: SecretStr | None = Field(default=None, description="HMAC secret (whsec_<base64> or text).")
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC secret, whsec_<base64>.")
     webhook_allow_unsigned: bool = Field(default=False, description="Development only: send unsigned.")
+    webhook_allow_plaintext_secret: bool = Field(
+        default=False,
+        description="Accept a WEBHOOK_SECRET that is not whsec_<base64> (Standard Webhooks libraries cannot "
+        "verify its webhook-signature); make one with `hokusai-registry webhooks new-secret`.",
+    )
     webhook_allow_http: bool = Field(default=False, description="Allow http:// endpoints (local receivers).")
     webhook_connect_timeout_s: float = Field(default=5.0, gt=0, description="Connect timeout of one attempt.")
     webhook_read_timeout_s: float = Field(default=15.0, gt=0, description="Read timeout of one attempt.")
@@ -207,9 +215,9 @@ class Settings(BaseSettings):
     def _check_webhook_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in {"http", "https"} or not parts.netloc:
-            raise ValueError("WEBHOOK_URL must be an absolute http(s) URL")
+        problem = url_shape_problem(value)  # http vs https is WEBHOOK_ALLOW_HTTP's, checked at start-up
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -296,5 +304,31 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
+    """The process-wide settings, read once from the environment.
+
+    Raises:
+        pydantic.ValidationError: a variable is invalid; show it with :func:`describe_invalid`.
+    """
     return Settings()
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """One line naming each invalid variable and what is wrong: never the value (it may be a secret)."""
+    problems = "; ".join(
+        f"{'.'.join(map(str, err['loc'])).upper() or 'settings'}: {str(err['msg']).removeprefix('Value error, ')}"
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)
+    )
+    return f"invalid settings: {problems} (fix the environment variable; see docs/configuration.md)"
+
+
+def settings_or_exit(program: str) -> Settings:
+    """:func:`get_settings` for a process start-up: an invalid setting prints one line and exits 2.
+
+    For ``celery -A worker worker`` / ``flower``, which would otherwise print a traceback with
+    pydantic's ``input_value`` (half of a secret).
+    """
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        print(f"{program} cannot start: {describe_invalid(exc)}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

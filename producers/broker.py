@@ -14,7 +14,6 @@ import socket
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import kombu.exceptions
 import redis.exceptions
@@ -23,6 +22,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_d
 
 from hokusai_registry.contract import CELERY_WIRE_SETTINGS, stamp_enqueued_at
 from hokusai_registry.errors import BrokerUnavailableError, ConfigurationError
+from hokusai_registry.redaction import redact_url, scrub
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -49,22 +49,6 @@ _JSON_ONLY: dict[str, Any] = {
 }
 
 
-def redact_url(url: str) -> str:
-    """``url`` with any password (in the user-info or a ``password=`` query) replaced by ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user, sep, _ = userinfo.partition(":")
-        # "redis://secret@host": treat a lone user-info as a password too.
-        netloc = f"{user if sep else ''}:***@{host}"
-    query = parts.query
-    if query:
-        pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
-        query = urlencode(pairs, safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 @lru_cache(maxsize=8)
 def publisher_app(redis_url: str) -> Celery:
     """A Celery app that publishes to ``redis_url`` by task name and stores no results."""
@@ -79,15 +63,6 @@ def results_app(redis_url: str) -> Celery:
     app = Celery("hokusai-results", broker=redis_url, backend=redis_url, set_as_current=False)
     app.conf.update(_JSON_ONLY)
     return app
-
-
-def scrub(text: str, url: str) -> str:
-    """``text`` with the password of ``url`` (if any) replaced by ``***``."""
-    password = urlsplit(url).password
-    for key, value in parse_qsl(urlsplit(url).query):
-        if key.lower() == "password":
-            password = value
-    return text.replace(password, "***") if password else text
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

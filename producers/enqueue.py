@@ -12,8 +12,10 @@ Nothing here imports mlflow or the worker.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -29,9 +31,14 @@ from hokusai_registry.contract import (
     webhook_task_id,
 )
 from hokusai_registry.errors import InvalidInputError, RetryableError
+from hokusai_registry.redis_client import connect
 from hokusai_registry.settings import Settings, get_settings
 from hokusai_registry.validation import validate_job
 from producers.broker import call_with_retry, publisher_app, results_app
+
+#: ``<prefix><job_id>``: what the producer enqueued (kept as long as results), so an id that was
+#: never enqueued reads ``UNKNOWN`` rather than Celery's ``PENDING``.
+ENQUEUED_KEY_PREFIX = "hokusai:enqueued:"
 
 #: Seconds between two polls of the result backend in :func:`wait_for_job` (grows to the max).
 POLL_INTERVAL_S = 0.1
@@ -68,7 +75,13 @@ def enqueue_registration(
     app = publisher_app(settings.redis_url)
     payload = job.model_dump(mode="json")
 
+    client = connect(settings.redis_url)
+
     def publish() -> None:  # fresh signatures per attempt: apply_async mutates their options
+        # Recorded first: a job that is published is always known (a record without a message
+        # only happens when publishing failed, and then the caller gets the error).
+        enqueued = {"job_id": job_id, "enqueued_at": datetime.now(UTC).isoformat()}
+        client.set(ENQUEUED_KEY_PREFIX + job_id, json.dumps(enqueued), ex=settings.result_expires_s)
         register = app.signature(REGISTER_TASK, args=[payload], task_id=job_id, queue=REGISTRATION_QUEUE)
         webhook = app.signature(WEBHOOK_TASK, task_id=webhook_task_id(job_id), queue=WEBHOOK_QUEUE)
         chain(register, webhook, app=app).apply_async()
@@ -84,7 +97,8 @@ def job_status(job_id: str | UUID, settings: Settings | None = None) -> dict[str
 
     Returns:
         ``{"job_id", "state", "result", "error", "date_done", "webhook": {"task_id", "state"}}``;
-        ``state`` is a Celery state (``PENDING`` means queued *or* unknown), ``result`` the
+        ``state`` is a Celery state (``PENDING`` means queued) or ``UNKNOWN`` (never enqueued
+        by a producer, or enqueued longer ago than results are kept), ``result`` the
         registration result once ``SUCCESS``, ``error`` ``{"type", "message"}`` on
         ``FAILURE``/``RETRY``. When the registration fails, Celery marks the webhook step
         ``FAILURE`` too (it is never published).
@@ -98,6 +112,8 @@ def job_status(job_id: str | UUID, settings: Settings | None = None) -> dict[str
 
     def read() -> dict[str, Any]:
         status = {"job_id": task_id, **_describe(app.backend.get_task_meta(task_id))}
+        if status["state"] == "PENDING" and not app.backend.client.exists(ENQUEUED_KEY_PREFIX + task_id):
+            status["state"] = UNKNOWN
         webhook_id = webhook_task_id(task_id)
         webhook_meta = app.backend.get_task_meta(webhook_id)
         status["webhook"] = {"task_id": webhook_id, "state": str(webhook_meta.get("status", "PENDING"))}
@@ -106,6 +122,10 @@ def job_status(job_id: str | UUID, settings: Settings | None = None) -> dict[str
     return call_with_retry(
         read, redis_url=settings.redis_url, retry_s=settings.enqueue_retry_s, action=f"reading job {task_id}"
     )
+
+
+#: :func:`job_status` of an id no producer enqueued (while results are kept).
+UNKNOWN = "UNKNOWN"
 
 
 def wait_for_job(job_id: str | UUID, timeout_s: float, settings: Settings | None = None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ bring MLflow up while a job retries); ``mlflow_server`` is a module-scoped fixtu
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +43,11 @@ def database_exists(uri: str) -> bool:
 
 @contextmanager
 def running_mlflow_server(
-    *, artifacts_dir: Path, port: int | None = None, backend_uri: str | None = None
+    *,
+    artifacts_dir: Path,
+    port: int | None = None,
+    backend_uri: str | None = None,
+    started: list[subprocess.Popen[bytes]] | None = None,
 ) -> Iterator[str]:
     """Start ``mlflow server``; yield its URL, ``http://127.0.0.1:<port>``.
 
@@ -57,7 +62,9 @@ def running_mlflow_server(
             yield url
         return
     try:
-        with devstack.mlflow_server(backend_uri=backend_uri, artifacts_dir=artifacts_dir, port=port) as url:
+        with devstack.mlflow_server(
+            backend_uri=backend_uri, artifacts_dir=artifacts_dir, port=port, started=started
+        ) as url:
             yield url
     except devstack.StackError as exc:  # could not start: fail with the server's log
         pytest.fail(str(exc))

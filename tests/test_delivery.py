@@ -185,7 +185,9 @@ def test_secret_never_appears_in_logs(receiver: WebhookReceiver, caplog: pytest.
     plain = WebhookReceiver(PLAIN_SECRET).start()
     try:
         plain.script(200, 500, 400, ScriptedResponse(200, delay_s=5.0))
-        settings = make_settings(plain.url, webhook_secret=PLAIN_SECRET, webhook_read_timeout_s=0.3)
+        settings = make_settings(
+            plain.url, webhook_secret=PLAIN_SECRET, webhook_read_timeout_s=0.3, webhook_allow_plaintext_secret=True
+        )
         events = [make_event(version=str(n)) for n in range(1, 5)]
         messages = []
         for event in events:

@@ -300,7 +300,7 @@ def test_replay_selected_ids_reports_unknown_ones(store: EventStore, receiver: W
     report = replay_dead_letters(store, settings=settings_for(receiver.url), event_ids=[chosen.event_id, "ghost"])
 
     assert report.delivered == [chosen.event_id]
-    assert report.failed == {"ghost": "not a dead letter"}
+    assert report.failed == {"ghost": "no such event"}
     assert [r.event.event_id for r in store.list_dead_letters()] == [other.event_id]
 
 

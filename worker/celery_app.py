@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ from celery import Celery, bootsteps, signals
 
 from hokusai_registry import log
 from hokusai_registry.contract import stamp_enqueued_at
-from hokusai_registry.settings import Settings, get_settings
+from hokusai_registry.errors import ConfigurationError
+from hokusai_registry.settings import Settings, get_settings, settings_or_exit
 
 # One retry layer per call: Celery owns the long backoff between attempts, so MLflow's own
 # HTTP client should fail fast instead of retrying for minutes inside one attempt.
@@ -36,20 +38,28 @@ def prepare_metrics_dir(settings: Settings) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
-prepare_metrics_dir(get_settings())
+prepare_metrics_dir(settings_or_exit("the worker"))
 from worker.metrics import MetricsServer  # noqa: E402  (after the metrics folder is set)
 
-app = Celery("hokusai-registry", include=["worker.tasks"])
+app = Celery("hokusai-registry", include=["worker.tasks"], task_cls="worker.base_task:HokusaiTask")
 app.config_from_object("celeryconfig")
+# Poison messages are quarantined where their raw bytes still exist (see worker/poison.py).
+if app.conf.broker_url.split("://", 1)[0] in {"redis", "rediss"}:
+    app.conf.broker_transport = "worker.poison:Transport"
+app.conf.worker_consumer = "worker.poison:QuarantiningConsumer"
 
 
 class StartupChecks(bootsteps.Step):
     """Refuse to start a worker whose settings cannot work (e.g. webhooks with no secret)."""
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
-        from worker.webhooks.delivery import check_webhook_config
+        from hokusai_registry.webhook_policy import check_webhook_config
 
-        check_webhook_config(get_settings())
+        try:
+            check_webhook_config(get_settings())
+        except ConfigurationError as exc:  # one line naming the variable and the fix, no traceback
+            print(f"the worker cannot start: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         super().__init__(parent, **kwargs)
 
 
@@ -90,16 +100,30 @@ signals.before_task_publish.connect(stamp_enqueued_at, weak=False)
 
 
 @signals.setup_logging.connect
-def _configure_logging(**_: Any) -> None:
-    """Our format (job context on every line, LOG_FORMAT=json) instead of Celery's."""
-    log.configure_logging(get_settings())
+def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Our format (job context on every line, LOG_FORMAT=json) instead of Celery's.
+
+    ``--loglevel`` is honoured when more verbose than ``LOG_LEVEL`` (Celery's default is WARNING).
+    """
+    log.configure_logging(get_settings(), loglevel=loglevel)
+
+
+@signals.worker_init.connect
+def _sweep_scratch(**_: Any) -> None:
+    """Remove temp folders that SIGKILLed worker processes left behind."""
+    from worker import scratch
+
+    scratch.sweep_dead()
 
 
 @signals.worker_process_init.connect
 def _warm_up(**_: Any) -> None:
     """Open this pool process's MLflow store now, so the first job does not pay for it."""
+    from worker import scratch
     from worker.clients import get_registry
 
+    scratch.sweep_dead()
+    scratch.use_process_dir()
     try:
         get_registry().experiment_id()
     except Exception:  # MLflow may be down at start-up; the first job will retry
@@ -119,4 +143,7 @@ def _bind_job_context(task_id: str | None = None, args: tuple[Any, ...] | None =
 
 @signals.task_postrun.connect
 def _clear_job_context(**_: Any) -> None:
+    from worker import scratch
+
     log.clear()
+    scratch.clear_process_dir()  # the job's temp copies, also of a job that failed

@@ -8,6 +8,7 @@ from __future__ import annotations
 import httpx
 import redis
 
+from hokusai_registry.redis_client import connect
 from hokusai_registry.settings import get_settings
 from worker.registration.registry import HokusaiModelRegistry
 from worker.webhooks.store import EventStore
@@ -30,7 +31,7 @@ def get_redis() -> redis.Redis:
     """This worker process's Redis client for locks and the failure stores."""
     global _redis
     if _redis is None:
-        _redis = redis.Redis.from_url(get_settings().redis_url)
+        _redis = connect(get_settings().redis_url)
     return _redis
 
 

@@ -36,14 +36,13 @@ from hokusai_registry.contract import (
     WEBHOOK_TASK,
 )
 from hokusai_registry.errors import HokusaiError, WebhookDeadLetteredError
+from hokusai_registry.quarantine import QUARANTINE_KEY
 from hokusai_registry.redis_client import connect
 from hokusai_registry.settings import Settings, get_settings
 from worker.webhooks.store import EventStore
 
 logger = logging.getLogger(__name__)
 
-#: The quarantine of messages no task could run (a hash of records, one per message); 0 when absent.
-QUARANTINE_KEY = "hokusai:quarantine"
 QUEUES = (REGISTRATION_QUEUE, WEBHOOK_QUEUE)
 DURATION_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 

@@ -1,8 +1,9 @@
 """Celery tasks: thin wrappers that validate input, call plain functions, and decide retries.
 
-Retry policy, declared once from the error tree: ``RetryableError`` → retry with exponential
-backoff and jitter up to a limit, then record the failure; ``PermanentError`` → record the
-failure at once, never retry. Nothing is dropped silently.
+Retry policy, declared once (``worker.base_task.HokusaiTask``): an error that is retryable by
+the error tree or its cause chain → retry with exponential backoff and jitter up to a limit;
+anything else, or retries used up → the task fails and ``HokusaiTask.on_failure`` records it.
+Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -16,21 +17,20 @@ import redis
 from celery import Task
 from celery.exceptions import Retry
 
-from hokusai_registry import failed_jobs, log
+from hokusai_registry import log
 from hokusai_registry.contract import DELIVER_WEBHOOK_TASK, REGISTER_TASK, WEBHOOK_TASK, webhook_task_id
 from hokusai_registry.errors import (
-    BrokerUnavailableError,
-    PermanentError,
     RetryableError,
     WebhookDeadLetteredError,
     WebhookDeliveryError,
 )
 from hokusai_registry.settings import Settings, get_settings
 from hokusai_registry.validation import validate_job
+from worker.base_task import HokusaiTask
 from worker.celery_app import app
 from worker.clients import get_event_store, get_http_client, get_redis, get_registry
 from worker.registration.job import job_of_result, register_job
-from worker.webhooks import backoff, delivery
+from worker.webhooks import delivery
 from worker.webhooks import event as events
 
 logger = logging.getLogger(__name__)
@@ -62,47 +62,28 @@ def job_lock(job_id: str, settings: Settings) -> Iterator[None]:
             logger.warning("job lock for %s expired before release", job_id)
 
 
-def retry_countdown(task: Task, exc: RetryableError, *, base_s: float, max_s: float) -> float | None:
-    """Seconds until the next attempt, or None when the task has used up its retries.
-
-    Never more than ``max_s``: the countdown is held in a worker's memory, and the settings keep
-    ``max_s`` below the visibility timeout (a longer countdown would be delivered twice).
-    """
-    failed_attempt = task.request.retries + 1
-    if task.max_retries is not None and task.request.retries >= task.max_retries:
-        return None
-    delay = min(max_s, backoff.retry_delay(failed_attempt, retry_after_s=exc.retry_after_s, base_s=base_s,
-                                           max_s=max_s))  # fmt: skip
-    logger.warning("attempt %d failed (%s); retrying in %.1fs", failed_attempt, exc, delay)
-    return delay
-
-
 @app.task(name=REGISTER_TASK, bind=True, max_retries=get_settings().registry_max_retries)
-def register_model(self: Task, job: dict[str, Any]) -> dict[str, Any]:
-    """Register one job's model; the result (with the ModelVersion) feeds the webhook task."""
+def register_model(self: HokusaiTask, job: dict[str, Any]) -> dict[str, Any]:
+    """Register one job's model; the result (with the ModelVersion) feeds the webhook task.
+
+    Retryable by the error tree and the cause chain (``HokusaiTask.retry_countdown``); a job
+    that fails for good is recorded by ``HokusaiTask.on_failure``.
+    """
     settings = get_settings()
     job_id = str(job.get("job_id") or self.request.id) if isinstance(job, dict) else str(self.request.id)
     try:
         parsed = validate_job(job, settings)  # again on this side: producers may be older, or foreign
         with job_lock(job_id, settings):
             result = register_job(parsed, get_registry(), settings)
-        log.bind(model_uuid=result["model_uuid"], version=result["version"])
-        return result
-    except RetryableError as exc:
-        countdown = retry_countdown(
-            self, exc, base_s=settings.registry_backoff_base_s, max_s=settings.registry_backoff_max_s
+    except Exception as exc:
+        countdown = self.retry_countdown(
+            exc, base_s=settings.registry_backoff_base_s, max_s=settings.registry_backoff_max_s
         )
         if countdown is None:
-            _record_failure(job_id, job, exc, attempts=self.request.retries + 1)
             raise
         raise self.retry(exc=exc, countdown=countdown) from exc
-    except PermanentError as exc:
-        _record_failure(job_id, job, exc, attempts=self.request.retries + 1)
-        raise
-    except Exception as exc:
-        # Unknown errors are treated as permanent: recorded with their type, never lost.
-        _record_failure(job_id, job, exc, attempts=self.request.retries + 1)
-        raise
+    log.bind(model_uuid=result["model_uuid"], version=result["version"])
+    return result
 
 
 @app.task(name=WEBHOOK_TASK, bind=True, max_retries=None)
@@ -182,19 +163,3 @@ def pump_deferred_webhooks(limit: int = 100) -> int:
         task_id = webhook_task_id(str(record.event.job_id)) if record is not None else None
         deliver_webhook.apply_async(args=[event_id], task_id=task_id)
     return len(claimed)
-
-
-def _record_failure(job_id: str, job: Any, exc: BaseException, *, attempts: int) -> None:
-    try:
-        failed_jobs.record_failure(
-            get_redis(),
-            job_id=job_id,
-            reason=str(exc),
-            error_type=failed_jobs.error_type_of(exc),
-            job=job if isinstance(job, dict) else {"raw": repr(job)[:1000]},
-            attempts=attempts,
-            task=REGISTER_TASK,
-        )
-    except (redis.RedisError, BrokerUnavailableError):
-        logger.exception("could not record the failure of job %s", job_id)
-    logger.error("job %s failed permanently after %d attempt(s): %s", job_id, attempts, exc)

@@ -6,7 +6,8 @@ first's result:
 1. a version tagged with the job id exists → describe it and return;
 2. a finished LoggedModel tagged with the job id exists (a crash between ``log_model`` and
    ``register_model``) → register that model, do not log another;
-3. otherwise fetch the artifact, log it as is, register it.
+3. otherwise mark any unfinished (PENDING) LoggedModel of this job FAILED (an attempt killed
+   or cut off mid-upload left it), then fetch the artifact, log it as is, register it.
 
 Runs of the same job never overlap: the caller holds a per-job lock (see ``worker.tasks``).
 """
@@ -69,6 +70,7 @@ def register_job(job: RegistrationJob, registry: HokusaiModelRegistry, settings:
         )
         return _job_result(result, job, replayed=False)
 
+    _fail_unfinished_logged_models(registry, job_id)
     with artifacts.fetched_model(job.artifact_uri) as model_dir:
         config = artifacts.read_model_config(model_dir)
         flavor = artifacts.CopiedModelFlavor(model_dir, config, job.pip_requirements)
@@ -150,14 +152,30 @@ def _effective_signature(job: RegistrationJob, config: Any) -> Any:
     return None
 
 
-def _finished_logged_model(registry: HokusaiModelRegistry, job_id: str) -> Any:
-    """The ``ModelInfo`` of a READY LoggedModel a previous run of this job left unregistered."""
-    with mlflow_boundary("looking for a previous attempt's logged model"):
-        models = mlflow.search_logged_models(
+def _logged_models_of(registry: HokusaiModelRegistry, job_id: str) -> list[Any]:
+    """LoggedModels tagged with ``job_id`` (a UUID: validate_job checked it, so safe in the filter)."""
+    return list(
+        mlflow.search_logged_models(
             experiment_ids=[registry.experiment_id()],
             filter_string=f"tags.{TAG_JOB_ID} = '{job_id}'",
             output_format="list",
         )
+    )
+
+
+def _fail_unfinished_logged_models(registry: HokusaiModelRegistry, job_id: str) -> None:
+    """Mark FAILED every LoggedModel of this job still PENDING: its attempt died mid-upload."""
+    with mlflow_boundary("marking a previous attempt's unfinished logged model failed"):
+        for model in _logged_models_of(registry, job_id):
+            if model.status == LoggedModelStatus.PENDING:
+                registry.client.finalize_logged_model(model.model_id, status=LoggedModelStatus.FAILED)
+                logger.warning("logged model %s of an interrupted attempt marked FAILED", model.model_id)
+
+
+def _finished_logged_model(registry: HokusaiModelRegistry, job_id: str) -> Any:
+    """The ``ModelInfo`` of a READY LoggedModel a previous run of this job left unregistered."""
+    with mlflow_boundary("looking for a previous attempt's logged model"):
+        models = _logged_models_of(registry, job_id)
         ready = [m for m in models if m.status == LoggedModelStatus.READY]
         if not ready:
             return None

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+from hokusai_registry.redaction import redact_url
 
 # MLflow's own source tags (shown in its UI) on the run; short tags on the model version.
 RUN_TAGS = {
@@ -86,15 +87,6 @@ def _ask_git(start: Path) -> dict[str, str]:
     if remote and remote.strip():
         lineage["repo"] = redact_url(remote.strip())
     return lineage
-
-
-def redact_url(url: str) -> str:
-    """Drop ``user:password@`` from a URL so tokens never reach MLflow tags or logs."""
-    parts = urlsplit(url)
-    if parts.scheme and "@" in parts.netloc:
-        host = parts.netloc.rsplit("@", 1)[1]
-        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return url
 
 
 def _start_dir(code_paths: list[str] | None) -> Path:

@@ -4,13 +4,14 @@
   timeouts, 408, 429 and 5xx raise ``WebhookDeliveryError`` (retryable, with the server's
   ``Retry-After``); 3xx (redirects are never followed) and other 4xx raise
   ``WebhookRejectedError``, and 410 its subclass ``WebhookEndpointGoneError``.
-* :func:`check_webhook_config` is the start-up check of the ``WEBHOOK_*`` settings.
+* the URL/secret rules (``check_webhook_config`` ...) live in ``hokusai_registry.webhook_policy``
+  (re-exported here); every attempt checks the URL again.
 * :func:`send_stored_event` is what the ``emit_webhook`` task calls: it attempts a stored event,
   records the attempt, and says what happens next (done, retry after a countdown, deferred to the
   durable schedule, or dead-lettered).
 
 This module never logs secrets or URLs: its lines carry the event id, the status and the attempt.
-(httpx's own ``httpx`` logger prints request URLs at INFO; logging setup should raise it to WARNING.)
+(httpx's own request log line passes through ``hokusai_registry.log.RedactUrlFilter``.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -32,13 +32,16 @@ from hokusai_registry.errors import (
     WebhookRejectedError,
 )
 from hokusai_registry.settings import Settings
+from hokusai_registry.webhook_policy import check_webhook_config, check_webhook_url, webhook_secret
 from worker.metrics import observe_webhook_attempt
 from worker.webhooks.backoff import parse_retry_after, retry_delay
 from worker.webhooks.event import WebhookEvent
-from worker.webhooks.signing import signature_headers, standard_webhooks_key
+from worker.webhooks.signing import signature_headers
 from worker.webhooks.store import EventRecord, EventStore
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["check_webhook_config", "check_webhook_url", "deliver", "send_stored_event", "webhook_secret"]
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 SendStatus = Literal["delivered", "already_delivered", "retry", "deferred", "dead_lettered", "missing"]
@@ -75,52 +78,6 @@ class SendOutcome:
         data = asdict(self)
         data["due_at"] = self.due_at.isoformat() if self.due_at else None
         return data
-
-
-# ---------------------------------------------------------------------- configuration
-def webhook_secret(settings: Settings) -> str | None:
-    """The configured secret's text, or None when unset or empty."""
-    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
-    return secret or None
-
-
-def check_webhook_url(url: str, settings: Settings) -> None:
-    """Refuse anything but an absolute https URL (http only with ``WEBHOOK_ALLOW_HTTP``).
-
-    Raises:
-        ConfigurationError: naming ``WEBHOOK_URL`` / ``WEBHOOK_ALLOW_HTTP``.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise ConfigurationError("WEBHOOK_URL must be an absolute https:// URL")
-    if parts.scheme == "http" and not settings.webhook_allow_http:
-        raise ConfigurationError(
-            "WEBHOOK_URL uses http://; use https://, or set WEBHOOK_ALLOW_HTTP=true for a local receiver"
-        )
-
-
-def check_webhook_config(settings: Settings) -> None:
-    """Start-up check: with ``WEBHOOK_URL`` set, the URL and the secret policy must hold.
-
-    No ``WEBHOOK_URL`` means webhooks are off, and nothing else is checked.
-
-    Raises:
-        ConfigurationError: a non-https URL without ``WEBHOOK_ALLOW_HTTP``; no ``WEBHOOK_SECRET``
-            without ``WEBHOOK_ALLOW_UNSIGNED``; a malformed ``whsec_`` secret.
-    """
-    if settings.webhook_url is None:
-        logger.info("WEBHOOK_URL is not set: no webhooks will be sent")
-        return
-    check_webhook_url(settings.webhook_url, settings)
-    secret = webhook_secret(settings)
-    if secret is not None:
-        standard_webhooks_key(secret)
-    elif settings.webhook_allow_unsigned:
-        logger.warning("WEBHOOK_ALLOW_UNSIGNED is set: webhooks are sent without signatures")
-    else:
-        raise ConfigurationError(
-            "WEBHOOK_SECRET is not set; set it, or WEBHOOK_ALLOW_UNSIGNED=true for local development only"
-        )
 
 
 # ---------------------------------------------------------------------- one HTTP attempt

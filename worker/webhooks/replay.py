@@ -24,9 +24,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ReplayReport:
-    """Event ids delivered, and those still dead-lettered with why."""
+    """Event ids delivered now, those delivered before the replay, and those still undelivered with why."""
 
     delivered: list[str] = field(default_factory=list)
+    already_delivered: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
 
 
@@ -41,7 +42,8 @@ def replay_dead_letters(
     """Send dead letters again: the ones named in ``event_ids``, else all dead-lettered since ``since``
     (all of them when both are None).
 
-    An id in ``event_ids`` that is not a dead letter is reported in ``failed``.
+    An id in ``event_ids`` that was delivered already is reported in ``already_delivered``; one
+    that is not a dead letter otherwise (pending, unknown, expired) in ``failed``.
 
     Raises:
         ConfigurationError: no ``WEBHOOK_URL``, or the URL/secret breaks the policy (nothing sent).
@@ -52,7 +54,14 @@ def replay_dead_letters(
     if event_ids is not None:
         records = [record for record in records if record.event.event_id in event_ids]
         found = {record.event.event_id for record in records}
-        report.failed.update({event_id: "not a dead letter" for event_id in event_ids if event_id not in found})
+        for event_id in event_ids:
+            if event_id in found:
+                continue
+            stored = store.get(event_id)
+            if stored is not None and stored.state == "delivered":
+                report.already_delivered.append(event_id)
+            else:
+                report.failed[event_id] = "not a dead letter" if stored is not None else "no such event"
     with nullcontext(client) if client is not None else httpx.Client() as shared_client:
         for record in records:
             event_id = record.event.event_id

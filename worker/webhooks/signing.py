@@ -17,39 +17,19 @@ headers are then left out and everything else is sent.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import logging
 
 from hokusai_registry import __version__
 from hokusai_registry.errors import ConfigurationError
+from hokusai_registry.webhook_policy import standard_webhooks_key
 
 logger = logging.getLogger(__name__)
 
-STANDARD_SECRET_PREFIX = "whsec_"
 USER_AGENT = f"hokusai-registry/{__version__}"
 HOKUSAI_SIGNATURE_HEADER = "X-Hokusai-Signature"
 IDEMPOTENCY_HEADER = "X-Hokusai-Idempotency-Key"
-
-
-def standard_webhooks_key(secret: str) -> bytes:
-    """The HMAC key of ``webhook-signature`` for a configured secret (see the module docstring).
-
-    Raises:
-        ConfigurationError: a ``whsec_`` secret whose rest is not base64, or an empty key.
-    """
-    if secret.startswith(STANDARD_SECRET_PREFIX):
-        encoded = secret.removeprefix(STANDARD_SECRET_PREFIX)
-        try:
-            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ConfigurationError("WEBHOOK_SECRET starts with 'whsec_' but the rest is not base64") from exc
-    else:
-        key = secret.encode("utf-8")
-    if not key:
-        raise ConfigurationError("WEBHOOK_SECRET is empty")
-    return key
 
 
 def hokusai_signature(body: bytes, secret: str) -> str:

@@ -7,11 +7,13 @@ so the body and the idempotency key never change. Layout (``<p>`` is the key pre
                                          job_id), state, attempts, first/last_attempt_at,
                                          last_status_code, last_error, dead_reason,
                                          dead_lettered_at, delivered_at
-    <p>:webhook:dead               zset  event_id → dead-letter time (Unix seconds)
+    <p>:webhook:dead_letters       hash  event_id → DeadLetter (JSON)    } a RecordStore, the layout
+    <p>:webhook:dead_letters:by_time zset event_id → dead-letter time    } of failed jobs and quarantine
     <p>:webhook:deferred           zset  event_id → due time (Unix seconds)
 
 Times are stored as timezone-aware UTC ISO-8601 text. Delivered events expire after
-``delivered_ttl_s``; dead letters stay until replayed or removed. Redis failures are raised as
+``delivered_ttl_s``; dead letters stay until replayed or removed (at most
+``records.DEFAULT_MAX_RECORDS``, like every record store). Redis failures are raised as
 ``BrokerUnavailableError``.
 """
 
@@ -27,8 +29,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal, ParamSpec, TypeVar
 
 import redis
+from pydantic import BaseModel, ConfigDict
 
 from hokusai_registry.errors import BrokerUnavailableError, InvalidInputError
+from hokusai_registry.records import RecordStore
 from worker.webhooks.event import WebhookEvent
 
 logger = logging.getLogger(__name__)
@@ -57,6 +61,19 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, AR
 for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), id) end
 return ids
 """
+
+
+class DeadLetter(BaseModel):
+    """The index entry of a dead-lettered event (its body and history stay in the event hash)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    job_id: str | None = None
+    model_name: str
+    version: str
+    reason: str
+    dead_lettered_at: datetime
 
 
 @dataclass(frozen=True)
@@ -124,7 +141,14 @@ class EventStore:
         self.client = client
         self.prefix = prefix
         self.delivered_ttl_s = delivered_ttl_s
-        self._dead_key = f"{prefix}:webhook:dead"
+        self.dead_letters: RecordStore[DeadLetter] = RecordStore(
+            client,
+            f"{prefix}:webhook:dead_letters",
+            DeadLetter,
+            id_field="event_id",
+            time_field="dead_lettered_at",
+            label="dead-lettered webhook events",
+        )
         self._deferred_key = f"{prefix}:webhook:deferred"
         self._record_attempt = client.register_script(_RECORD_ATTEMPT)
         self._claim_due = client.register_script(_CLAIM_DUE)
@@ -188,7 +212,7 @@ class EventStore:
         key = self._require(event_id)
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, mapping={"state": "delivered", "delivered_at": _iso(at)})
-        pipe.zrem(self._dead_key, event_id)
+        self.dead_letters.remove_in(pipe, event_id)
         pipe.zrem(self._deferred_key, event_id)
         pipe.expire(key, self.delivered_ttl_s)
         pipe.execute()
@@ -198,28 +222,37 @@ class EventStore:
     def dead_letter(self, event_id: str, reason: str, *, at: datetime | None = None) -> None:
         """Keep an event that could not be delivered, with ``reason``, until replayed or removed."""
         key = self._require(event_id)
+        stored = self.get(event_id)
+        assert stored is not None  # _require saw it
         moment = _utc(at)
+        letter = DeadLetter(
+            event_id=event_id,
+            job_id=stored.event.job_id,
+            model_name=stored.event.model_name,
+            version=str(stored.event.version),
+            reason=reason,
+            dead_lettered_at=moment,
+        )
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, mapping={"state": "dead", "dead_reason": reason, "dead_lettered_at": _iso(moment)})
         pipe.persist(key)
-        pipe.zadd(self._dead_key, {event_id: moment.timestamp()})
+        self.dead_letters.put_in(pipe, letter)
         pipe.zrem(self._deferred_key, event_id)
         pipe.execute()
+        self.dead_letters.trim()
         logger.warning("webhook event %s dead-lettered", event_id)
 
     @_redis_boundary
     def list_dead_letters(self, since: datetime | None = None) -> list[EventRecord]:
         """Dead letters, oldest first; with ``since``, only those dead-lettered at or after it."""
-        low: float | str = _utc(since).timestamp() if since is not None else "-inf"
-        ids = [_text(item) for item in self.client.zrangebyscore(self._dead_key, low, "+inf")]
-        records = [self.get(event_id) for event_id in ids]
+        records = [self.get(letter.event_id) for letter in self.dead_letters.list(since)]
         return [record for record in records if record is not None]
 
     @_redis_boundary
     def counts(self) -> tuple[int, int]:
         """(dead letters, events waiting in the durable schedule), right now (the metrics read it)."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(self._dead_key)
+        pipe.zcard(self.dead_letters.index_key)
         pipe.zcard(self._deferred_key)
         dead, deferred = pipe.execute()
         return int(dead), int(deferred)
@@ -227,7 +260,7 @@ class EventStore:
     @_redis_boundary
     def remove_dead_letter(self, event_id: str) -> bool:
         """Discard a dead letter for good; False when ``event_id`` is not one."""
-        if not self.client.zrem(self._dead_key, event_id):
+        if not self.dead_letters.remove(event_id):
             return False
         self.client.delete(self._event_key(event_id))
         logger.info("dead letter %s removed", event_id)

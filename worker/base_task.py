@@ -1,0 +1,70 @@
+"""The base class of every task: one failure-recording path and one retry decision.
+
+A task that fails for good (a ``PermanentError``, a retryable one whose retries ran out, or an
+unknown exception that is not transient by its cause chain) reaches :meth:`HokusaiTask.on_failure`,
+which writes the failed-jobs record (``hokusai-registry jobs failed`` / ``jobs retry``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from celery import Task
+
+from hokusai_registry import failed_jobs
+from hokusai_registry.contract import REGISTER_TASK
+from hokusai_registry.errors import BrokerUnavailableError, RetryableError, WebhookDeadLetteredError
+from worker.registration.mlflow_errors import is_retryable
+from worker.webhooks import backoff
+
+logger = logging.getLogger(__name__)
+
+
+class HokusaiTask(Task):
+    """Celery ``Task`` with the product's failure record; every task of ``worker.app`` uses it."""
+
+    #: Write a failed-jobs record when the task fails for good.
+    record_failures = True
+
+    def retry_countdown(self, exc: BaseException, *, base_s: float, max_s: float) -> float | None:
+        """Seconds until the next attempt, or None when ``exc`` is not retryable or retries ran out.
+
+        Never more than ``max_s``: the countdown is held in a worker's memory, and the settings keep
+        ``max_s`` below the visibility timeout (a longer countdown would be delivered twice).
+        """
+        if not is_retryable(exc):
+            return None
+        if self.max_retries is not None and self.request.retries >= self.max_retries:
+            return None
+        hint = exc.retry_after_s if isinstance(exc, RetryableError) else None
+        failed_attempt = self.request.retries + 1
+        delay = min(max_s, backoff.retry_delay(failed_attempt, retry_after_s=hint, base_s=base_s, max_s=max_s))
+        logger.warning("attempt %d failed (%s); retrying in %.1fs", failed_attempt, exc, delay)
+        return delay
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Record the failure (never raising: a Redis outage is logged, the result still says FAILURE)."""
+        if not self.record_failures or isinstance(exc, WebhookDeadLetteredError):
+            return  # a dead-lettered event is kept (and replayed) by the event store, not here
+        payload = args[0] if args else None
+        job_id = str(task_id)  # a registration's task id is its job id; later steps keep their own
+        if self.name == REGISTER_TASK and isinstance(payload, dict) and payload.get("job_id"):
+            job_id = str(payload["job_id"])
+        attempts = self.request.retries + 1
+        from worker.clients import get_redis
+
+        try:
+            failed_jobs.record_failure(
+                get_redis(),
+                job_id=job_id,
+                reason=str(exc) or type(exc).__name__,
+                error_type=failed_jobs.error_type_of(exc),
+                job=payload if isinstance(payload, dict) else {"raw": repr(payload)[:1000]},
+                attempts=attempts,
+                task=self.name,
+            )
+        except (redis.RedisError, BrokerUnavailableError):
+            logger.exception("could not record the failure of job %s", job_id)
+        logger.error("job %s failed permanently after %d attempt(s): %s", job_id, attempts, exc)
