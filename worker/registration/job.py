@@ -1,13 +1,16 @@
 """Register one queued job, idempotently. The Celery task is a thin wrapper around this.
 
 The same ``job_id`` processed twice yields one model version, and the second run returns the
-first's result:
+first's result. When an earlier attempt of the job started (``attempts.begin_attempt``):
 
 1. a version tagged with the job id exists → describe it and return;
 2. a finished LoggedModel tagged with the job id exists (a crash between ``log_model`` and
    ``register_model``) → register that model, do not log another;
 3. otherwise mark any unfinished (PENDING) LoggedModel of this job FAILED (an attempt killed
-   or cut off mid-upload left it), then fetch the artifact, log it as is, register it.
+   or cut off mid-upload left it);
+
+then (and at once on a first delivery, which skips these look-ups) fetch the artifact, log it as
+is, register it.
 
 Runs of the same job never overlap: the caller holds a per-job lock (see ``worker.tasks``).
 """
@@ -18,13 +21,14 @@ import logging
 from typing import Any
 
 import mlflow
+import redis
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
 from hokusai_registry.contract import RegistrationJob, parse_baseline_id
 from hokusai_registry.errors import InvalidJobError, SignatureError
 from hokusai_registry.settings import Settings
-from worker.registration import artifacts, signatures
+from worker.registration import artifacts, attempts, signatures
 from worker.registration.mlflow_errors import mlflow_boundary
 from worker.registration.registry import TAG_JOB_ID, TAG_MODEL_TYPE, HokusaiModelRegistry
 
@@ -35,21 +39,35 @@ logger = logging.getLogger(__name__)
 _JOB_FIELDS_NOT_COPIED = {"input_example", "metadata"}
 
 
-def register_job(job: RegistrationJob, registry: HokusaiModelRegistry, settings: Settings) -> dict[str, Any]:
+def register_job(
+    job: RegistrationJob,
+    registry: HokusaiModelRegistry,
+    settings: Settings,
+    *,
+    redis_client: redis.Redis | None = None,
+) -> dict[str, Any]:
     """Register ``job`` (exactly one model version per job id) and return its result.
 
     ``job`` has passed :func:`hokusai_registry.validation.validate_job` (the task calls it); this
-    adds the checks that need MLflow.
+    adds the checks that need MLflow. ``redis_client`` holds the attempt marker (default: this
+    worker process's client).
 
     Raises:
         InvalidInputError: the job cannot succeed (missing baseline, missing artifact, bad signature).
         RegistryUnavailableError: MLflow could not be reached; the caller retries.
+        BrokerUnavailableError: Redis could not be reached to mark the attempt; the caller retries.
     """
     job_id = str(job.job_id)
-    existing = registry.find_version_by_tag(TAG_JOB_ID, job_id)
-    if existing is not None:
-        logger.info("job already registered as %s/%s; returning that result", existing.name, existing.version)
-        return _job_result(registry.describe_version(existing), job, replayed=True)
+    if redis_client is None:
+        from worker.clients import get_redis
+
+        redis_client = get_redis()
+    first = attempts.begin_attempt(redis_client, job_id, ttl_s=settings.result_expires_s)
+    if not first:
+        existing = registry.find_version_by_tag(TAG_JOB_ID, job_id)
+        if existing is not None:
+            logger.info("job already registered as %s/%s; returning that result", existing.name, existing.version)
+            return _job_result(registry.describe_version(existing), job, replayed=True)
 
     if job.kind == "improved":
         check_baseline_exists(job, registry)
@@ -62,7 +80,7 @@ def register_job(job: RegistrationJob, registry: HokusaiModelRegistry, settings:
         "git": _git(job),
         "extra_version_tags": version_tags,
     }
-    logged = _finished_logged_model(registry, job_id)
+    logged = None if first else _previous_attempt_model(registry, job_id)
     if logged is not None:
         logger.info("resuming job: logged model %s exists, registering it", logged.model_uuid)
         result = registry.register_logged(
@@ -70,7 +88,6 @@ def register_job(job: RegistrationJob, registry: HokusaiModelRegistry, settings:
         )
         return _job_result(result, job, replayed=False)
 
-    _fail_unfinished_logged_models(registry, job_id)
     with artifacts.fetched_model(job.artifact_uri) as model_dir:
         config = artifacts.read_model_config(model_dir)
         flavor = artifacts.CopiedModelFlavor(model_dir, config, job.pip_requirements)
@@ -163,24 +180,23 @@ def _logged_models_of(registry: HokusaiModelRegistry, job_id: str) -> list[Any]:
     )
 
 
-def _fail_unfinished_logged_models(registry: HokusaiModelRegistry, job_id: str) -> None:
-    """Mark FAILED every LoggedModel of this job still PENDING: its attempt died mid-upload."""
-    with mlflow_boundary("marking a previous attempt's unfinished logged model failed"):
-        for model in _logged_models_of(registry, job_id):
-            if model.status == LoggedModelStatus.PENDING:
-                registry.client.finalize_logged_model(model.model_id, status=LoggedModelStatus.FAILED)
-                logger.warning("logged model %s of an interrupted attempt marked FAILED", model.model_id)
+def _previous_attempt_model(registry: HokusaiModelRegistry, job_id: str) -> Any:
+    """What an earlier attempt of this job left, from one search of its LoggedModels.
 
-
-def _finished_logged_model(registry: HokusaiModelRegistry, job_id: str) -> Any:
-    """The ``ModelInfo`` of a READY LoggedModel a previous run of this job left unregistered."""
+    Returns the ``ModelInfo`` of the oldest READY one (logged, not yet registered), or None after
+    marking FAILED every one still PENDING (its attempt died mid-upload).
+    """
     with mlflow_boundary("looking for a previous attempt's logged model"):
         models = _logged_models_of(registry, job_id)
         ready = [m for m in models if m.status == LoggedModelStatus.READY]
-        if not ready:
-            return None
-        oldest = min(ready, key=lambda m: m.creation_timestamp)
-        return mlflow.models.get_model_info(f"models:/{oldest.model_id}")
+        if ready:
+            oldest = min(ready, key=lambda m: m.creation_timestamp)
+            return mlflow.models.get_model_info(f"models:/{oldest.model_id}")
+        for model in models:
+            if model.status == LoggedModelStatus.PENDING:
+                registry.client.finalize_logged_model(model.model_id, status=LoggedModelStatus.FAILED)
+                logger.warning("logged model %s of an interrupted attempt marked FAILED", model.model_id)
+        return None
 
 
 def _unused_logger(_: dict[str, Any]) -> Any:
