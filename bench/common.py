@@ -24,9 +24,8 @@ from typing import Any
 
 from devtools import devstack
 from devtools.builders import baseline_fields
+from devtools.devstack import PROJECT_ROOT
 
-#: Our own Redis database (other engineers use 14 and 15); only this one is ever flushed.
-DEFAULT_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SECRET = "whsec_" + base64.b64encode(b"hokusai-bench-secret-0123456789a").decode()
 METADATA = {"dataset": "leads-2026-11", "notes": "benchmark"}
@@ -74,6 +73,43 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+def bootstrap_ratio(
+    top: list[float], bottom: list[float], *, rounds: int = 2000, seed: int = 13
+) -> tuple[float, float] | None:
+    """95% bootstrap interval of median(top) / median(bottom) (each resampled with replacement)."""
+    import random
+
+    if not top or not bottom:
+        return None
+    rng = random.Random(seed)
+    ratios = sorted(
+        statistics.median(rng.choices(top, k=len(top))) / statistics.median(rng.choices(bottom, k=len(bottom)))
+        for _ in range(rounds)
+    )
+    return round(ratios[int(0.025 * rounds)], 3), round(ratios[int(0.975 * rounds) - 1], 3)
+
+
+def bootstrap_difference_ms(top: list[float], bottom: list[float], *, rounds: int = 2000, seed: int = 13) -> Any:
+    """95% bootstrap interval of median(top) - median(bottom), seconds in, milliseconds out."""
+    import random
+
+    if not top or not bottom:
+        return None
+    rng = random.Random(seed)
+    diffs = sorted(
+        statistics.median(rng.choices(top, k=len(top))) - statistics.median(rng.choices(bottom, k=len(bottom)))
+        for _ in range(rounds)
+    )
+    return round(1000 * diffs[int(0.025 * rounds)], 2), round(1000 * diffs[int(0.975 * rounds) - 1], 2)
+
+
+def loadavg() -> str | None:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return None
+
+
 def summarize(seconds: list[float]) -> dict[str, Any]:
     """Median, p95 (nearest rank), mean, min, max in milliseconds, and n."""
     if not seconds:
@@ -111,6 +147,16 @@ def make_model() -> Any:
     return LogisticRegression().fit(frame, target)
 
 
+def signature_and_example(model: Any) -> tuple[Any, Any]:
+    """The model's signature and a 3-row input example (the same frame it was fitted on)."""
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    frame = pd.DataFrame(np.random.default_rng(7).random((3, 3)), columns=["f0", "f1", "f2"])
+    return infer_signature(frame, model.predict(frame)), frame
+
+
 def explicit_requirements() -> list[str]:
     """The explicit pip requirements every 'cheap' variant passes (computed once, outside timings)."""
     import mlflow.sklearn
@@ -133,13 +179,19 @@ def job_fields(model_dir: Path, **overrides: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- Redis
-def fresh_redis(redis_url: str) -> Any:
-    """A client on ``redis_url`` after FLUSHDB of that one database; raises if Redis is unreachable."""
+@contextmanager
+def own_redis(work: Path) -> Iterator[str]:
+    """A ``redis-server`` of the benchmark's own on a free port (never a shared one); yields its URL."""
+    unused = f"redis://127.0.0.1:{devstack.free_port()}/0"  # nothing listens there: devstack starts one
+    with devstack.redis_server(unused, work / "redis") as url:
+        yield url
+
+
+def redis_client(redis_url: str) -> Any:
     import redis
 
     client = redis.Redis.from_url(redis_url)
     client.ping()
-    client.flushdb()
     return client
 
 
@@ -187,6 +239,7 @@ class Store:
     tracking_uri: str
     work: Path  # scratch folder: artifacts, staging, logs
     backend: str | None = None  # the server's PostgreSQL URI
+    direct_artifacts: str | None = None  # clients write artifacts here themselves (not through the server)
 
     def process_groups(self) -> dict[str, list[int]]:
         """The MLflow server's process tree and the PostgreSQL backends of its database (empty for sqlite)."""
@@ -200,12 +253,88 @@ class Store:
         """Artifacts of a benchmark-made experiment: in the scratch folder (sqlite), served (server)."""
         if self.kind == "sqlite":
             return (self.work / "artifacts" / name).as_uri()
-        return None
+        return f"{self.direct_artifacts}/{name}" if self.direct_artifacts else None
+
+
+#: ``mlflow server`` flags that name this deployment's places (replaced by local ones), not how it serves.
+_PLACE_FLAGS = ("--backend-store-uri", "--artifacts-destination", "--host", "--port", "--allowed-hosts")
+
+
+@dataclass(frozen=True)
+class ServerTopology:
+    """How the tracking server runs: ``--workers``, the other ``mlflow server`` flags, its environment."""
+
+    name: str
+    workers: int | None
+    flags: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "workers": self.workers, "flags": list(self.flags), "env": dict(self.env)}
+
+
+def compose_topology(compose_file: Path = PROJECT_ROOT / "docker-compose.yml") -> ServerTopology:
+    """The ``mlflow`` service of docker-compose.yml: its command's serving flags and its environment.
+
+    The benchmark runs the server exactly so; only the backend URI, artifacts folder, host, port
+    and allowed hosts are local ones.
+    """
+    import shlex
+
+    import yaml
+
+    service = yaml.safe_load(compose_file.read_text())["services"]["mlflow"]
+    words = shlex.split(_compose_defaults(str(service["command"])))
+    # `mlflow server ...`, or the wrapper that passes its options through to it
+    launcher = 2 if words[:2] == ["mlflow", "server"] else 3
+    assert words[:launcher] in (["mlflow", "server"], ["python", "-m", "hokusai_app.tracking_server"]), words
+    flags: list[str] = []
+    workers: int | None = None
+    rest = iter(words[launcher:])
+    for word in rest:
+        name, _, inline = word.partition("=")
+        takes_value = not inline and not word.startswith("--no-") and word not in ("--dev",)
+        value = inline or (next(rest) if takes_value else "")
+        if name == "--workers":
+            workers = int(value)
+        elif name not in _PLACE_FLAGS:
+            flags += [name, value] if value else [name]
+    environment = service.get("environment") or {}
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) for item in environment)
+    places = ("MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_BACKEND_STORE_URI")  # and the POSTGRES_* of the database
+    env = tuple(
+        (k, _compose_defaults(str(v))) for k, v in environment.items() if k not in places and not k.startswith("POSTGRES_")
+    )
+    return ServerTopology("compose", workers, tuple(flags), env)
+
+
+def _compose_defaults(text: str) -> str:
+    """``${VAR:-default}`` → default, ``${VAR:?...}`` → a placeholder (those are places, replaced anyway)."""
+    import re
+
+    text = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text)
+    return re.sub(r"\$\{[A-Z_]+:?\?[^}]*\}", "x", text)
+
+
+#: Topologies the scaling benchmark compares (``compose`` is read from docker-compose.yml).
+NO_JOB_RUNNER = (("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),)
+TOPOLOGIES = {
+    "uvicorn-1": ServerTopology("uvicorn-1", 1, (), NO_JOB_RUNNER),
+    "uvicorn-2": ServerTopology("uvicorn-2", 2, (), NO_JOB_RUNNER),
+}
 
 
 @contextmanager
-def mlflow_store(kind: str, work: Path, *, server_workers: int = 1) -> Iterator[Store]:
-    """A fresh, migrated MLflow store: a sqlite file, or ``mlflow server`` on a new PostgreSQL database."""
+def mlflow_store(
+    kind: str, work: Path, *, topology: ServerTopology | None = None, direct_artifacts: bool = False
+) -> Iterator[Store]:
+    """A fresh, migrated MLflow store: a sqlite file, or ``mlflow server`` on a new PostgreSQL database.
+
+    The server runs as ``topology`` says (default: as docker-compose.yml runs it). With
+    ``direct_artifacts`` new experiments keep their artifacts in a folder the clients write
+    themselves (``MLFLOW_ARTIFACT_LOCATION``) instead of uploading them through the server.
+    """
     from mlflow.tracking import MlflowClient
 
     work.mkdir(parents=True, exist_ok=True)
@@ -216,12 +345,20 @@ def mlflow_store(kind: str, work: Path, *, server_workers: int = 1) -> Iterator[
         return
     if kind != "postgres":
         raise ValueError(f"unknown store {kind!r}; use sqlite or postgres")
+    topology = topology or compose_topology()
     with ExitStack() as stack:
         backend = stack.enter_context(devstack.postgres_database())
         url = stack.enter_context(
-            devstack.mlflow_server(backend_uri=backend, artifacts_dir=work / "served", workers=server_workers)
+            devstack.mlflow_server(
+                backend_uri=backend,
+                artifacts_dir=work / "served",
+                workers=topology.workers,
+                extra_args=topology.flags,
+                env=dict(topology.env),
+            )
         )
-        yield Store(kind, url, work, backend)
+        direct = (work / "direct-artifacts").as_uri() if direct_artifacts else None
+        yield Store(kind, url, work, backend, direct)
 
 
 def activate(tracking_uri: str) -> None:
@@ -273,6 +410,7 @@ def worker_env(store: Store, redis_url: str, receiver_url: str, staging: Path, *
         "WEBHOOK_SECRET": SECRET,
         "WEBHOOK_ALLOW_HTTP": "true",
         "ALLOWED_ARTIFACT_ROOTS": str(staging),
+        **({"MLFLOW_ARTIFACT_LOCATION": store.direct_artifacts} if store.direct_artifacts else {}),
         **extra,
     }
 

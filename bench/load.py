@@ -19,7 +19,7 @@ Reported: jobs/s, enqueue-to-webhook latency (p50/p99, from enqueue to the recei
 event, so retried events include their backoff), peak RSS of each worker's process tree (sampled
 every 0.25 s from /proc), Redis ``used_memory`` and key counts by prefix before/after, and which
 prefixes have keys without a TTL (those would grow forever). Writes ``bench/results/load-latest.json``.
-Uses Redis database 13 (``BENCH_REDIS_URL``/``--redis-url``) and flushes only it.
+Starts a ``redis-server`` of its own (never touches a shared Redis).
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="worker processes, concurrency 1 each")
     parser.add_argument("--store", choices=common.STORES, default="sqlite")
     parser.add_argument("--fail-every", type=int, default=10, help="500 on the first attempt of every Nth key")
-    parser.add_argument("--redis-url", default=common.DEFAULT_REDIS_URL)
     parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "load-latest.json")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, store)")
     return parser.parse_args(argv)
@@ -97,21 +96,21 @@ def run_load(args: argparse.Namespace) -> dict[str, Any]:
 
     work = devstack.scratch_dir("hokusai-load-")
     print(f"scratch folder {work}", flush=True)
-    redis_client = common.fresh_redis(args.redis_url)
-    results = Celery("bench-load", broker=args.redis_url, backend=args.redis_url)
-    results.conf.update(accept_content=["json"], result_serializer="json")
     receiver = make_receiver(common.SECRET, args.fail_every)
     report: dict[str, Any] = {"benchmark": "bench.load", "machine": common.machine_info(),
                               "parameters": {"jobs": args.jobs, "workers": args.workers, "store": args.store,
                                              "fail_every": args.fail_every}}  # fmt: skip
     try:
-        with common.mlflow_store(args.store, work) as store, receiver:
+        with common.own_redis(work) as redis_url, common.mlflow_store(args.store, work) as store, receiver:
+            redis_client = common.redis_client(redis_url)
+            results = Celery("bench-load", broker=redis_url, backend=redis_url)
+            results.conf.update(accept_content=["json"], result_serializer="json")
             common.activate(store.tracking_uri)
             staging = work / "staging"
             staging.mkdir(parents=True)
             model_dir = common.stage_model(common.make_model(), staging, common.explicit_requirements())
-            settings = common.producer_settings(args.redis_url, work / "producer", staging)
-            env = common.worker_env(store, args.redis_url, receiver.url, staging)
+            settings = common.producer_settings(redis_url, work / "producer", staging)
+            env = common.worker_env(store, redis_url, receiver.url, staging)
             workers = [devstack.WorkerProcess(env, work / "logs", concurrency=1) for _ in range(args.workers)]
             common.start_workers(workers)
             try:
@@ -153,13 +152,16 @@ def run_load(args: argparse.Namespace) -> dict[str, Any]:
                     worker.stop()
             redis_after = common.redis_snapshot(redis_client)
             versions = all_versions(MlflowClient(tracking_uri=store.tracking_uri))
-            job_states = Counter(results.AsyncResult(j).state for j in enqueued_at)
+            state_of_job = {j: results.AsyncResult(j).state for j in enqueued_at}  # read while Redis runs
+            job_states = Counter(state_of_job.values())
             webhook_results = {j: results.AsyncResult(webhook_task_id(j)) for j in enqueued_at}
-            webhook_states = Counter(r.state for r in webhook_results.values())
-            webhook_status = Counter((r.result or {}).get("status") if r.state == "SUCCESS" else r.state
-                                     for r in webhook_results.values())  # fmt: skip
-            event_of_job = {j: (r.result or {}).get("event_id") for j, r in webhook_results.items()
-                            if r.state == "SUCCESS"}  # fmt: skip
+            webhook_outcome = {j: (r.state, r.result if r.state == "SUCCESS" else None)
+                               for j, r in webhook_results.items()}  # fmt: skip
+            webhook_states = Counter(state for state, _ in webhook_outcome.values())
+            webhook_status = Counter((result or {}).get("status") if state == "SUCCESS" else state
+                                     for state, result in webhook_outcome.values())  # fmt: skip
+            event_of_job = {j: (result or {}).get("event_id") for j, (state, result) in webhook_outcome.items()
+                            if state == "SUCCESS"}  # fmt: skip
     finally:
         if args.keep:
             print(f"kept {work}")
@@ -172,8 +174,8 @@ def run_load(args: argparse.Namespace) -> dict[str, Any]:
     per_job.pop(warm, None)
     duplicates = {j: c for j, c in per_job.items() if c > 1}
     missing_versions = sorted(jobs - set(per_job))
-    lost = sorted(j for j in jobs if results.AsyncResult(j).state != "SUCCESS"
-                  or (webhook_results[j].result or {}).get("status") != "delivered")  # fmt: skip
+    lost = sorted(j for j in jobs if state_of_job[j] != "SUCCESS"
+                  or (webhook_outcome[j][1] or {}).get("status") != "delivered")  # fmt: skip
     requests = receiver.requests
     accepted = Counter(r.headers.get("x-hokusai-idempotency-key") for r in requests
                        if 200 <= r.status < 300 and not r.duplicate)  # fmt: skip

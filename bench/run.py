@@ -7,23 +7,29 @@ Run from the repository root (Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.
     .venv/bin/python -m bench.run --stores sqlite --reps 10
 
 Same small scikit-learn model, same machine, one process, on each store (a sqlite file in a temp
-dir, and a local ``mlflow server`` on a new PostgreSQL database). Variants, interleaved round-robin
-within every repetition (the starting variant rotates each repetition):
+dir, and a local ``mlflow server`` on a new PostgreSQL database, run with the flags and environment
+of docker-compose.yml's ``mlflow`` service). Every round runs each variant once, in an order shuffled
+anew every round (seeded, ``--seed``):
 
-1. ``bare``: ``sklearn.log_model(pip_requirements=[...])`` in a run, then ``register_model(model_uri)``;
+1. ``bare``: ``sklearn.log_model(signature=, input_example=, pip_requirements=[...])`` in a run, then
+   ``register_model(model_uri)``;
 2. ``old``: ``pyfunc.log_model(python_model=wrapper, registered_model_name=...)`` with default
    requirement inference, then ``register_model`` again (two versions). It costs ~3 s, so it runs
-   only every ``reps/old-reps``-th repetition (``--old-reps``, default 10);
-3. ``registry``: ``HokusaiModelRegistry.register_baseline`` (ModelInfo, model_uuid tag, metadata);
-4. ``queue_1w`` / ``queue_2w``: ``enqueue_registration`` → worker registers → webhook received by a
+   only in ``--old-reps`` of the rounds, spread evenly;
+3. ``registry``: ``HokusaiModelRegistry.register_baseline`` with the same signature and input
+   example (their validation is timed), from the repository (git lineage cached);
+4. ``registry_nogit``: the same from a working directory outside git (the lineage cache misses);
+5. ``queue_1w`` / ``queue_2w``: ``enqueue_registration`` → worker registers → webhook received by a
    local ``WebhookReceiver``; per job, from enqueue to the receiver accepting the event, with one
    worker process consuming and with two (the second worker's consumers are switched on and off
-   with Celery remote control, so both configurations interleave with the others).
+   with Celery remote control).
 
 Then throughput: a batch of ``--batch`` jobs enqueued at once, 1 worker vs 2 worker processes
-(concurrency 1 each), alternated ``--throughput-reps`` times. Writes ``bench/results/latest.json``
-(or ``--output``) with machine info, per-variant stats, ratios and pass/miss per target.
-Uses Redis database 13 (``BENCH_REDIS_URL`` or ``--redis-url`` to change it) and flushes only it.
+(concurrency 1 each), alternated ``--throughput-reps`` times; then, outside every timing, the
+HTTP requests each variant and each queued job makes to the tracking server (a counting proxy).
+Each store gets a ``redis-server`` of the benchmark's own. Writes ``bench/results/latest.json``
+(or ``--output``) with machine info and load, per-variant stats, ratios with bootstrap 95%
+intervals, and pass/miss per target.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import contextlib
 import io
 import logging
 import os
+import random
 import re
 import shutil
 import socket
@@ -49,16 +56,18 @@ from bench import common
 from devtools import devstack
 
 TARGETS = {
-    "registry_over_bare": {"ratio": "3/1", "op": "<=", "limit": 1.05, "store": "both"},
-    "old_over_registry": {"ratio": "2/3", "op": ">=", "limit": 20.0, "store": "both"},
-    "queue_minus_bare_ms": {"ratio": "4-1 (ms, 1 worker)", "op": "<=", "limit": 30.0, "store": "sqlite"},
-    "throughput_2w_over_1w": {"ratio": "2w/1w jobs/s", "op": ">=", "limit": 1.6, "store": "postgres"},
+    "registry_over_bare": {"ratio": "3/1", "op": "<=", "limit": 1.02, "store": "both"},
+    "old_over_registry": {"ratio": "2/3", "op": ">=", "limit": 20.0, "store": "sqlite"},
+    "queue_minus_bare_ms": {"ratio": "4-1 (ms, 1 worker)", "op": "<=", "limit": 10.0, "store": "sqlite"},
+    "requests_per_queued_job": {"ratio": "requests/queued job", "op": "<=", "limit": 16, "store": "postgres"},
+    "throughput_2w_over_1w": {"ratio": "2w/1w jobs/s", "op": ">=", "limit": 1.7, "store": "postgres"},
 }
-VARIANTS = ("bare", "old", "registry", "queue_1w", "queue_2w")
+VARIANTS = ("bare", "old", "registry", "registry_nogit", "queue_1w", "queue_2w")
 LABELS = {
     "bare": "1 bare MLflow (log_model + register_model)",
     "old": "2 old path (pyfunc, inferred reqs, 2 versions)",
     "registry": "3 HokusaiModelRegistry.register_baseline",
+    "registry_nogit": "3b register_baseline, cwd outside git",
     "queue_1w": "4 queue: enqueue -> webhook, 1 worker",
     "queue_2w": "4 queue: enqueue -> webhook, 2 workers",
 }
@@ -72,13 +81,6 @@ class _NullWriter(io.TextIOBase):
 _SINK = _NullWriter()
 
 
-def _loadavg() -> str | None:
-    try:
-        return Path("/proc/loadavg").read_text().strip()
-    except OSError:
-        return None
-
-
 _SUCCEEDED = re.compile(r"\[(?P<id>[0-9a-f-]{36}(?:-webhook)?)\] succeeded in (?P<s>[0-9.]+)s")
 
 
@@ -89,9 +91,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=40, help="jobs per throughput batch (default 40)")
     parser.add_argument("--throughput-reps", type=int, default=2, help="batches per worker count (default 2)")
     parser.add_argument("--stores", default="sqlite,postgres", help="comma-separated: sqlite,postgres")
-    parser.add_argument("--server-workers", type=int, default=1, help="`mlflow server --workers` (default 1)")
+    parser.add_argument(
+        "--topology",
+        default="compose",
+        help="how the server runs: compose (docker-compose.yml's flags, default) or " + ", ".join(common.TOPOLOGIES),
+    )
+    parser.add_argument("--seed", type=int, default=13, help="seed of the per-round variant order")
+    parser.add_argument(
+        "--artifacts",
+        choices=("served", "direct"),
+        default="served",
+        help="server store: artifacts through the server (served, default) or written by the "
+        "clients straight to the artifact store (direct)",
+    )
     parser.add_argument("--quick", action="store_true", help="3 reps, 1 old rep, batches of 6, 1 throughput rep")
-    parser.add_argument("--redis-url", default=common.DEFAULT_REDIS_URL)
     parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "latest.json")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folders (logs, stores)")
     args = parser.parse_args(argv)
@@ -102,6 +115,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if store not in common.STORES:
             parser.error(f"unknown store {store!r}; choose from {', '.join(common.STORES)}")
     args.old_reps = max(0, min(args.old_reps, args.reps))
+    if args.topology != "compose" and args.topology not in common.TOPOLOGIES:
+        parser.error(f"unknown topology {args.topology!r}")
     return args
 
 
@@ -175,7 +190,9 @@ class QueueBench:
                 pid for w in self.workers[: self.active] if w.process for pid in common.tree_pids(w.process.pid)
             ],
             **self.store.process_groups(),
-            "redis (whole instance)": common.pids_matching("redis-server"),
+            "redis (the benchmark's own)": common.pids_matching(
+                "redis-server", self.redis_url.rsplit(":", 1)[1].split("/")[0]
+            ),
             "benchmark process (receiver)": [os.getpid()],
         }
         cpu_before = common.cpu_snapshot(groups)
@@ -239,77 +256,97 @@ def bench_store(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     from worker.registration.registry import HokusaiModelRegistry
 
     work = devstack.scratch_dir(f"hokusai-bench-{kind}-")
+    outside_git = devstack.scratch_dir("hokusai-bench-nogit-")
     print(f"\n== {kind}: scratch folder {work}", flush=True)
-    common.fresh_redis(args.redis_url)
+    topology = (
+        None
+        if kind == "sqlite"
+        else (common.compose_topology() if args.topology == "compose" else common.TOPOLOGIES[args.topology])
+    )
+    rng = random.Random(args.seed)
     try:
         with (
-            common.mlflow_store(kind, work, server_workers=args.server_workers) as store,
+            common.own_redis(work) as redis_url,
+            common.mlflow_store(kind, work, topology=topology, direct_artifacts=args.artifacts == "direct") as store,
             WebhookReceiver(common.SECRET) as receiver,
         ):
             common.activate(store.tracking_uri)
             model = common.make_model()
             requirements = common.explicit_requirements()
+            signature, example = common.signature_and_example(model)
             staging = work / "staging"
             staging.mkdir(parents=True, exist_ok=True)
             model_dir = common.stage_model(model, staging, requirements)
             bare_experiment = common.bench_experiment(store, "bench-bare")
             old_experiment = common.bench_experiment(store, "bench-old")
-            registry = HokusaiModelRegistry(
-                store.tracking_uri,
-                settings=Settings(hokusai_home=work / "home", mlflow_tracking_uri=store.tracking_uri,
-                                  redis_url=args.redis_url),
-            )  # fmt: skip
-            queue = QueueBench(store, args.redis_url, model_dir, staging, receiver)
+
+            def make_registry(uri: str) -> HokusaiModelRegistry:
+                return HokusaiModelRegistry(uri, settings=Settings(
+                    hokusai_home=work / "home", mlflow_tracking_uri=uri, redis_url=redis_url,
+                    mlflow_artifact_location=store.direct_artifacts))  # fmt: skip
+
+            registry = make_registry(store.tracking_uri)
+            queue = QueueBench(store, redis_url, model_dir, staging, receiver)
 
             def bare() -> None:
                 with mlflow.start_run(experiment_id=bare_experiment):
-                    info = mlflow.sklearn.log_model(sk_model=model, name="model", pip_requirements=requirements)
+                    info = mlflow.sklearn.log_model(sk_model=model, name="model", pip_requirements=requirements,
+                                                    signature=signature, input_example=example)  # fmt: skip
                 mlflow.register_model(info.model_uri, "bench_bare")
 
             def old() -> None:
                 log_and_register_twice(model, old_experiment, "bench_old")
 
             def register() -> None:
-                registry.register_baseline(model, "classification", common.METADATA, pip_requirements=requirements)
+                registry.register_baseline(model, "classification", common.METADATA, signature=signature,
+                                           input_example=example, pip_requirements=requirements)  # fmt: skip
 
-            def queue_1w() -> None:
+            def register_nogit() -> None:
+                here = os.getcwd()
+                os.chdir(outside_git)
+                try:
+                    register()
+                finally:
+                    os.chdir(here)
+
+            def queue_1w() -> float:
                 queue.use(1)
                 return queue.one_job()
 
-            def queue_2w() -> None:
+            def queue_2w() -> float:
                 queue.use(2)
                 return queue.one_job()
 
             runners: dict[str, Callable[[], Any]] = {
-                "bare": bare, "old": old, "registry": register, "queue_1w": queue_1w, "queue_2w": queue_2w,
+                "bare": bare, "old": old, "registry": register, "registry_nogit": register_nogit,
+                "queue_1w": queue_1w, "queue_2w": queue_2w,
             }  # fmt: skip
             queue.start()
+            rounds_load: list[str | None] = []
             try:
                 print("warming up (one untimed run of each variant)", flush=True)
                 for name, run in runners.items():
                     if name != "old" or args.old_reps:
-                        with contextlib.redirect_stderr(_SINK):
+                        with contextlib.redirect_stderr(_SINK), contextlib.redirect_stdout(_SINK):
                             run()
                 queue.timings.clear()
-                load_before = _loadavg()
+                load_before = common.loadavg()
                 samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
-                old_every = max(1, round(args.reps / args.old_reps)) if args.old_reps else 0
-                old_done = 0
+                old_rounds = set(_spread(args.old_reps, args.reps))
+                orders: list[list[str]] = []
                 for rep in range(args.reps):
-                    names = list(VARIANTS)
-                    if not (old_every and rep % old_every == 0 and old_done < args.old_reps):
-                        names.remove("old")
-                    else:
-                        old_done += 1
-                    shift = rep % len(names)
-                    for name in names[shift:] + names[:shift]:
+                    names = [n for n in VARIANTS if n != "old" or rep in old_rounds]
+                    rng.shuffle(names)
+                    orders.append(names)
+                    for name in names:
                         start = time.perf_counter()
-                        with contextlib.redirect_stderr(_SINK):  # MLflow prints 'Created version ...'
-                            measured = runners[name]()
+                        with contextlib.redirect_stderr(_SINK), contextlib.redirect_stdout(_SINK):
+                            measured = runners[name]()  # MLflow prints 'Created version ...'
                         samples[name].append(measured if name.startswith("queue") else time.perf_counter() - start)
                     if (rep + 1) % 5 == 0 or rep + 1 == args.reps:
+                        rounds_load.append(common.loadavg())
                         print(
-                            f"  rep {rep + 1}/{args.reps}: "
+                            f"  rep {rep + 1}/{args.reps} (load {rounds_load[-1]}): "
                             + ", ".join(f"{n} {statistics.median(s) * 1000:.0f} ms" for n, s in samples.items() if s),
                             flush=True,
                         )
@@ -324,19 +361,23 @@ def bench_store(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                               f"{outcome['cpu_ms_per_job']}; other processes kept "
                               f"{outcome['other_processes_cores_busy']} cores busy", flush=True)  # fmt: skip
                 breakdown = queue.breakdown()
-                load_after = _loadavg()
+                load_after = common.loadavg()
             finally:
                 queue.stop()
+            requests = None
+            if store.kind == "postgres":
+                requests = count_requests(store, redis_url, model_dir, staging, receiver, runners, make_registry)
+                print(f"  tracking-server requests: {requests['per_call']}", flush=True)
             versions = {
                 name: len(registry.client.search_model_versions(f"name = '{name}'"))
                 for name in ("bench_bare", "bench_old", "hokusai_classification_baseline")
             }
     finally:
+        shutil.rmtree(outside_git, ignore_errors=True)
         if args.keep:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-        common.fresh_redis(args.redis_url)
 
     stats = {name: common.summarize(values) for name, values in samples.items()}
     tput = {
@@ -346,27 +387,113 @@ def bench_store(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         }
         for count, batches in throughput.items()
     }
-    return {"store": kind, "variants": stats, "throughput": tput, "queue_breakdown_1w": breakdown,
-            "versions_created": versions, "loadavg_before": load_before, "loadavg_after": load_after}  # fmt: skip
+    return {"store": kind, "server": topology.describe() if topology else None, "variants": stats,
+            "samples_s": {name: [round(v, 5) for v in values] for name, values in samples.items()},
+            "orders": orders, "throughput": tput, "queue_breakdown_1w": breakdown, "requests": requests,
+            "versions_created": versions, "loadavg_before": load_before, "loadavg_during": rounds_load,
+            "loadavg_after": load_after}  # fmt: skip
+
+
+def _spread(count: int, total: int) -> list[int]:
+    """``count`` round numbers spread evenly over ``range(total)``."""
+    return sorted({int(i * total / count) for i in range(count)}) if count else []
+
+
+def count_requests(
+    store: common.Store, redis_url: str, model_dir: Path, staging: Path, receiver: Any,
+    runners: dict[str, Callable[[], Any]], make_registry: Callable[[str], Any],
+) -> dict[str, Any]:  # fmt: skip
+    """HTTP requests to the tracking server per bare / registry call and per queued job (outside timings).
+
+    A counting proxy sits in front of the server; the in-process variants and one extra worker
+    process use it for ``JOBS`` calls each.
+    """
+    from bench.request_counter import RequestCounter
+    from producers.enqueue import enqueue_registration
+
+    jobs = 3
+    per_call: dict[str, float] = {}
+    paths: dict[str, dict[str, int]] = {}
+    with RequestCounter(store.tracking_uri) as proxy:
+        common.activate(proxy.url)
+        try:
+            proxied = make_registry(proxy.url)
+            for name, call in (("bare", runners["bare"]), ("registry", lambda: proxied.register_baseline(
+                    common.make_model(), "classification", common.METADATA,
+                    pip_requirements=common.explicit_requirements()))):  # fmt: skip
+                before = proxy.snapshot()
+                for _ in range(jobs):
+                    with contextlib.redirect_stderr(_SINK), contextlib.redirect_stdout(_SINK):
+                        call()
+                delta = proxy.snapshot() - before
+                per_call[name] = round(sum(delta.values()) / jobs, 2)
+                paths[name] = _by_route(delta, jobs)
+        finally:
+            common.activate(store.tracking_uri)
+        proxied_store = common.Store(store.kind, proxy.url, store.work, store.backend)
+        env = common.worker_env(proxied_store, redis_url, receiver.url, staging)
+        settings = common.producer_settings(redis_url, store.work / "producer", staging)
+        with devstack.WorkerProcess(env, store.work / "logs", concurrency=1):
+            expected = len(receiver.events) + 1
+            enqueue_registration(common.job_fields(model_dir), settings=settings)  # warm-up: opens the store
+            receiver.wait_for(expected, timeout_s=120)
+            before = proxy.snapshot()
+            for _ in range(jobs):
+                expected = len(receiver.events) + 1
+                enqueue_registration(common.job_fields(model_dir), settings=settings)
+                receiver.wait_for(expected, timeout_s=120)
+            delta = proxy.snapshot() - before
+        per_call["queued_job"] = round(sum(delta.values()) / jobs, 2)
+        paths["queued_job"] = _by_route(delta, jobs)
+    return {"calls_each": jobs, "per_call": per_call, "by_route_per_call": paths}
+
+
+def _by_route(counts: Any, calls: int) -> dict[str, float]:
+    """Requests per call by route: ids (``m-<hex>``) and artifact file names folded together."""
+    routes: dict[str, float] = {}
+    for key, count in counts.items():
+        key = re.sub(r"/m-[0-9a-f]{32}", "/m-*", key)
+        key = re.sub(r"(/mlflow-artifacts/artifacts)/.*", r"\1/*", key)
+        routes[key] = routes.get(key, 0) + count / calls
+    return {k: round(v, 2) for k, v in sorted(routes.items())}
 
 
 # ---------------------------------------------------------------------------- ratios and targets
 def ratios_of(result: dict[str, Any]) -> dict[str, Any]:
     med = {name: v["median_ms"] for name, v in result["variants"].items()}
+    raw = result["samples_s"]
     one = result["throughput"]["1"]["median_jobs_per_s"]
     two = result["throughput"]["2"]["median_jobs_per_s"]
 
     def div(a: float | None, b: float | None) -> float | None:
         return round(a / b, 3) if a is not None and b else None
 
+    requests = (result.get("requests") or {}).get("per_call") or {}
     return {
         "registry_over_bare": div(med["registry"], med["bare"]),
+        "registry_over_bare_ci95": common.bootstrap_ratio(raw["registry"], raw["bare"]),
+        "registry_nogit_over_bare": div(med["registry_nogit"], med["bare"]),
+        "registry_nogit_over_bare_ci95": common.bootstrap_ratio(raw["registry_nogit"], raw["bare"]),
         "old_over_registry": div(med["old"], med["registry"]),
         "queue_over_bare": div(med["queue_1w"], med["bare"]),
         "queue_2w_over_bare": div(med["queue_2w"], med["bare"]),
         "queue_minus_bare_ms": round(med["queue_1w"] - med["bare"], 2) if med["queue_1w"] and med["bare"] else None,
+        "queue_minus_bare_ms_ci95": common.bootstrap_difference_ms(raw["queue_1w"], raw["bare"]),
+        "requests_per_queued_job": requests.get("queued_job"),
+        "requests_per_bare": requests.get("bare"),
+        "requests_per_registry": requests.get("registry"),
         "throughput_2w_over_1w": div(two, one),
+        "throughput_2w_over_1w_range": _batch_range(result["throughput"]),
     }
+
+
+def _batch_range(throughput: dict[str, Any]) -> list[float] | None:
+    """Lowest and highest 2w/1w ratio over every pair of batches (too few batches for a bootstrap)."""
+    ones = [b["jobs_per_s"] for b in throughput["1"]["batches"]]
+    twos = [b["jobs_per_s"] for b in throughput["2"]["batches"]]
+    if not ones or not twos:
+        return None
+    return [round(min(twos) / max(ones), 3), round(max(twos) / min(ones), 3)]
 
 
 def verdicts(ratios: dict[str, Any], store: str) -> dict[str, Any]:
@@ -430,10 +557,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": common.machine_info(),
         "parameters": {"reps": args.reps, "old_reps": args.old_reps, "batch": args.batch,
                        "throughput_reps": args.throughput_reps, "stores": args.stores, "quick": args.quick,
-                       "server_workers": args.server_workers},
+                       "topology": args.topology, "seed": args.seed, "artifacts": args.artifacts},
         "targets": TARGETS,
         "stores": {},
     }  # fmt: skip
+    report["machine"]["loadavg_at_start"] = common.loadavg()
     started = time.perf_counter()
     for kind in args.stores:
         result = bench_store(kind, args)

@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -221,14 +221,18 @@ def mlflow_server(
     backend_uri: str,
     artifacts_dir: Path,
     port: int | None = None,
-    workers: int = 1,
+    workers: int | None = 1,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
     startup_timeout_s: float = 180,
     started: list[subprocess.Popen[bytes]] | None = None,
 ) -> Iterator[str]:
     """Run ``mlflow server`` on ``backend_uri`` with served artifacts; yield ``http://127.0.0.1:<port>``.
 
     ``started`` (when given) receives the server's process, the leader of its own process group
-    (a test can SIGKILL the whole group, as a host crash would).
+    (a test can SIGKILL the whole group, as a host crash would). ``workers=None`` leaves
+    ``--workers`` out (MLflow's default); ``extra_args`` are appended to the command (e.g. the
+    compose service's own flags) and ``env`` to the environment.
     """
     port = port or free_port()
     artifacts_dir.mkdir(parents=True, exist_ok=True)
@@ -240,12 +244,15 @@ def mlflow_server(
         "--artifacts-destination", str(artifacts_dir),
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--workers", str(workers),
+        *(["--workers", str(workers)] if workers is not None else []),
+        *extra_args,
     ]  # fmt: skip
-    if _mlflow_version() >= (3, 5):  # since 3.5 unknown Host headers get 403; 3.4 has no such option
-        command += ["--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"]
+    # Since MLflow 3.5 unknown Host headers get 403; name ours explicitly (3.4 has no such check).
+    # The variable, not the flag: `mlflow server` refuses --allowed-hosts with --gunicorn-opts.
+    hosts = {"MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}"}
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, **(env or {}), **hosts})  # fmt: skip
     if started is not None:
         started.append(process)
     try:

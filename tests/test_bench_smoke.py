@@ -1,8 +1,8 @@
 """Smoke run of the benchmarks with tiny sizes: the commands work and write what the README promises.
 
 Not a benchmark: the numbers are meaningless at these sizes. Runs ``bench.run`` (sqlite only,
-2 repetitions, the ~3 s old path skipped) and ``bench.load`` (5 jobs) as subprocesses on the
-test Redis database (the ``redis_url`` fixture: fails, never skips, when Redis is down).
+2 repetitions, the ~3 s old path skipped) and ``bench.load`` (5 jobs) as subprocesses; each starts
+a ``redis-server`` of its own (fails, never skips, when the binary is missing).
 """
 
 from __future__ import annotations
@@ -26,18 +26,21 @@ def run_module(module: str, *args: str, timeout_s: float = 120) -> subprocess.Co
     )  # fmt: skip
 
 
-def test_bench_run_and_load_smoke(redis_url: str, tmp_path: Path) -> None:
+def test_bench_run_and_load_smoke(tmp_path: Path) -> None:
     latest = tmp_path / "latest.json"
     bench = run_module(
         "bench.run", "--stores", "sqlite", "--reps", "2", "--old-reps", "0", "--batch", "2",
-        "--throughput-reps", "1", "--redis-url", redis_url, "--output", str(latest),
+        "--throughput-reps", "1", "--output", str(latest),
     )  # fmt: skip
     assert bench.returncode == 0, bench.stdout[-3000:] + bench.stderr[-3000:]
     report = json.loads(latest.read_text())
     assert {"machine", "parameters", "targets", "stores"} <= set(report)
     assert {"cpu_model", "cores", "python", "mlflow", "date_utc"} <= set(report["machine"])
     sqlite = report["stores"]["sqlite"]
-    for name in ("bare", "registry", "queue_1w", "queue_2w"):
+    assert len({tuple(order) for order in sqlite["orders"]}) >= 1 and sorted(sqlite["orders"][0]) == sorted(
+        ["bare", "registry", "registry_nogit", "queue_1w", "queue_2w"]
+    )  # every round runs every variant (old skipped), in a shuffled order
+    for name in ("bare", "registry", "registry_nogit", "queue_1w", "queue_2w"):
         assert sqlite["variants"][name]["n"] == 2, name
         assert {"median_ms", "p95_ms", "n"} <= set(sqlite["variants"][name])
     assert sqlite["variants"]["old"]["n"] == 0
@@ -45,12 +48,14 @@ def test_bench_run_and_load_smoke(redis_url: str, tmp_path: Path) -> None:
                                      "throughput_2w_over_1w"}  # fmt: skip
     assert sqlite["throughput"]["1"]["median_jobs_per_s"] > 0 and sqlite["throughput"]["2"]["median_jobs_per_s"] > 0
     assert set(sqlite["targets"]) == {"registry_over_bare", "old_over_registry", "queue_minus_bare_ms",
-                                      "throughput_2w_over_1w"}  # fmt: skip
-    assert "sqlite median" in bench.stdout and "3/1 <= 1.05" in bench.stdout  # the table was printed
+                                      "requests_per_queued_job", "throughput_2w_over_1w"}  # fmt: skip
+    low, high = sqlite["ratios"]["registry_over_bare_ci95"]
+    assert low <= high
+    assert report["machine"]["loadavg_at_start"]
+    assert "sqlite median" in bench.stdout and "3/1 <= 1.02" in bench.stdout  # the table was printed
 
     load_json = tmp_path / "load.json"
-    load = run_module("bench.load", "--jobs", "5", "--workers", "2", "--redis-url", redis_url,
-                      "--output", str(load_json))  # fmt: skip
+    load = run_module("bench.load", "--jobs", "5", "--workers", "2", "--output", str(load_json))
     assert load.returncode == 0, load.stdout[-3000:] + load.stderr[-3000:]
     outcome = json.loads(load_json.read_text())
     assert outcome["ok"] is True, outcome["checks"]
