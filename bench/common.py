@@ -443,6 +443,11 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
+def rss_of(pids: list[int]) -> int:
+    """Summed RSS of distinct processes, in bytes."""
+    return sum(_rss_bytes(pid) for pid in set(pids))
+
+
 def tree_rss(pid: int) -> int:
     """RSS of a process and all its descendants, in bytes (Linux /proc)."""
     total, pending, seen = 0, [pid], set()

@@ -38,9 +38,9 @@ def test_bench_run_and_load_smoke(tmp_path: Path) -> None:
     assert {"cpu_model", "cores", "python", "mlflow", "date_utc"} <= set(report["machine"])
     sqlite = report["stores"]["sqlite"]
     assert len({tuple(order) for order in sqlite["orders"]}) >= 1 and sorted(sqlite["orders"][0]) == sorted(
-        ["bare", "registry", "registry_nogit", "queue_1w", "queue_2w"]
+        ["bare", "bare_sig", "registry", "registry_nogit", "queue_1w", "queue_2w"]
     )  # every round runs every variant (old skipped), in a shuffled order
-    for name in ("bare", "registry", "registry_nogit", "queue_1w", "queue_2w"):
+    for name in ("bare", "bare_sig", "registry", "registry_nogit", "queue_1w", "queue_2w"):
         assert sqlite["variants"][name]["n"] == 2, name
         assert {"median_ms", "p95_ms", "n"} <= set(sqlite["variants"][name])
     assert sqlite["variants"]["old"]["n"] == 0
@@ -52,7 +52,7 @@ def test_bench_run_and_load_smoke(tmp_path: Path) -> None:
     low, high = sqlite["ratios"]["registry_over_bare_ci95"]
     assert low <= high
     assert report["machine"]["loadavg_at_start"]
-    assert "sqlite median" in bench.stdout and "3/1 <= 1.02" in bench.stdout  # the table was printed
+    assert "sqlite median" in bench.stdout and "3/1b <= 1.02" in bench.stdout  # the table was printed
 
     load_json = tmp_path / "load.json"
     load = run_module("bench.load", "--jobs", "5", "--workers", "2", "--output", str(load_json))

@@ -1,0 +1,158 @@
+"""Throughput against worker processes, for each way of running the tracking server (+ a PNG plot).
+
+    .venv/bin/python -m bench.scale                          # compose, uvicorn-1, uvicorn-2; 1 and 2 workers
+    .venv/bin/python -m bench.scale --topologies compose --workers 1,2,3 --batch 30 --reps 2
+    .venv/bin/python -m bench.scale --direct-artifacts        # + compose with artifacts written by the workers
+
+For every topology: a new PostgreSQL database, ``mlflow server`` as the topology says (``compose`` =
+docker-compose.yml's flags and environment), a ``redis-server`` of its own, as many
+``celery -A worker worker`` processes (concurrency 1) as the largest worker count, a local webhook
+receiver. Batches of ``--batch`` jobs are enqueued at once and timed until the receiver accepted
+every event; worker counts alternate order between repetitions (consumers toggled with Celery remote
+control). Each batch records CPU seconds per job of workers, server, PostgreSQL, Redis and what the
+rest of the machine used. Writes ``bench/results/scale-latest.json`` and ``bench/results/scale.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import common
+from devtools import devstack
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--topologies", default="compose,uvicorn-1,uvicorn-2",
+                        help="comma-separated: compose, " + ", ".join(common.TOPOLOGIES))  # fmt: skip
+    parser.add_argument("--direct-artifacts", action="store_true",
+                        help="also run compose with artifacts written straight to the store by the workers")  # fmt: skip
+    parser.add_argument("--workers", default="1,2", help="worker process counts (default 1,2)")
+    parser.add_argument("--batch", type=int, default=30, help="jobs per batch (default 30)")
+    parser.add_argument("--reps", type=int, default=2, help="batches per worker count (default 2)")
+    parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "scale-latest.json")
+    parser.add_argument("--plot", type=Path, default=common.RESULTS_DIR / "scale.png")
+    args = parser.parse_args(argv)
+    args.topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
+    for name in args.topologies:
+        if name != "compose" and name not in common.TOPOLOGIES:
+            parser.error(f"unknown topology {name!r}")
+    args.workers = sorted({int(n) for n in args.workers.split(",")})
+    return args
+
+
+def run_topology(name: str, args: argparse.Namespace, *, direct: bool) -> dict[str, Any]:
+    from bench.run import QueueBench
+    from devtools.receiver import WebhookReceiver
+    from producers.enqueue import enqueue_registration
+
+    topology = common.compose_topology() if name == "compose" else common.TOPOLOGIES[name]
+    label = f"{name} + direct artifacts" if direct else name
+    work = devstack.scratch_dir("hokusai-scale-")
+    print(f"\n== {label}: {topology.describe()}", flush=True)
+    batches: dict[str, list[dict[str, Any]]] = {str(n): [] for n in args.workers}
+    try:
+        with (
+            common.own_redis(work) as redis_url,
+            common.mlflow_store("postgres", work, topology=topology, direct_artifacts=direct) as store,
+            WebhookReceiver(common.SECRET) as receiver,
+        ):
+            common.activate(store.tracking_uri)
+            staging = work / "staging"
+            staging.mkdir(parents=True)
+            model_dir = common.stage_model(common.make_model(), staging, common.explicit_requirements())
+            queue = QueueBench(store, redis_url, model_dir, staging, receiver, workers=max(args.workers))
+            queue.start()
+            try:
+                warm = 2 * max(args.workers)  # every worker process opens its store before timing
+                for _ in range(warm):
+                    enqueue_registration(common.job_fields(model_dir), settings=queue.settings)
+                receiver.wait_for(warm, timeout_s=300)
+                for rep in range(args.reps):
+                    for count in args.workers if rep % 2 == 0 else list(reversed(args.workers)):
+                        queue.use(count)
+                        outcome = queue.batch(args.batch)
+                        outcome["loadavg"] = common.loadavg()
+                        batches[str(count)].append(outcome)
+                        print(f"  {count} worker(s): {outcome['jobs_per_s']:.2f} jobs/s; CPU ms/job "
+                              f"{outcome['cpu_ms_per_job']}; other processes {outcome['other_processes_cores_busy']}"
+                              f" cores", flush=True)  # fmt: skip
+                server_rss = common.rss_of(store.process_groups().get("mlflow_server", []))
+            finally:
+                queue.stop()
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    medians = {n: round(statistics.median(b["jobs_per_s"] for b in bs), 3) for n, bs in batches.items() if bs}
+    one = medians.get("1")
+    return {
+        "topology": topology.describe(), "direct_artifacts": direct, "label": label,
+        "median_jobs_per_s": medians,
+        "speedup_over_1_worker": {n: round(v / one, 3) for n, v in medians.items()} if one else None,
+        "server_rss_mib": common.mib(server_rss), "batches": batches,
+    }  # fmt: skip
+
+
+def plot(results: list[dict[str, Any]], path: Path, machine: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for result in results:
+        counts = sorted(int(n) for n in result["batches"] if result["batches"][n])
+        values = [[b["jobs_per_s"] for b in result["batches"][str(n)]] for n in counts]
+        medians = [statistics.median(v) for v in values]
+        low = [m - min(v) for m, v in zip(medians, values, strict=True)]
+        high = [max(v) - m for m, v in zip(medians, values, strict=True)]
+        ax.errorbar(counts, medians, yerr=[low, high], marker="o", capsize=4, label=result["label"])
+    ax.set_xlabel("worker processes (concurrency 1 each)")
+    ax.set_ylabel("registrations per second (enqueue → webhook received)")
+    ax.set_xticks(sorted({int(n) for r in results for n in r["batches"]}))
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"MLflow server on PostgreSQL, {machine['cores']} cores, {machine['date_utc'][:10]}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+    import warnings
+
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    machine = common.machine_info()
+    machine["loadavg_at_start"] = common.loadavg()
+    started = time.perf_counter()
+    runs = [(name, False) for name in args.topologies] + ([("compose", True)] if args.direct_artifacts else [])
+    results = [run_topology(name, args, direct=direct) for name, direct in runs]
+    report = {
+        "benchmark": "bench.scale", "machine": machine,
+        "parameters": {"topologies": args.topologies, "direct_artifacts": args.direct_artifacts,
+                       "workers": args.workers, "batch": args.batch, "reps": args.reps},
+        "results": results, "loadavg_at_end": common.loadavg(), "duration_s": round(time.perf_counter() - started, 1),
+    }  # fmt: skip
+    common.write_json(args.output, report)
+    plot(results, args.plot, machine)
+    print()
+    for result in results:
+        print(f"{result['label']:<34} jobs/s {result['median_jobs_per_s']}  speed-up {result['speedup_over_1_worker']}"
+              f"  server RSS {result['server_rss_mib']} MiB")  # fmt: skip
+    print(f"wrote {args.output} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
