@@ -319,9 +319,13 @@ def _compose_defaults(text: str) -> str:
 
 #: Topologies the scaling benchmark compares (``compose`` is read from docker-compose.yml).
 NO_JOB_RUNNER = (("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),)
+GTHREAD = ("--gunicorn-opts", "--worker-class gthread --threads 4 --timeout 120 --keep-alive 30")
 TOPOLOGIES = {
     "uvicorn-1": ServerTopology("uvicorn-1", 1, (), NO_JOB_RUNNER),
     "uvicorn-2": ServerTopology("uvicorn-2", 2, (), NO_JOB_RUNNER),
+    "uvicorn-default": ServerTopology("uvicorn-default (4 processes, job runner on)", None),
+    "gunicorn-1": ServerTopology("gunicorn-1", 1, GTHREAD, NO_JOB_RUNNER),
+    "gunicorn-2": ServerTopology("gunicorn-2", 2, GTHREAD, NO_JOB_RUNNER),
 }
 
 

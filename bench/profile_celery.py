@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     job_payload = job.model_dump(mode="json")
     result = builders.registration_result(job)
     webhook_result = {"job_id": str(job.job_id), "model_name": result["model_name"], "version": result["version"],
-                      "status": "delivered", "event_id": str(uuid.uuid4()), "attempt": 1, "http_status": 200}  # fmt: skip
+                      "status": "delivered", "event_id": str(uuid.uuid4()), "attempt": 1}  # fmt: skip
     tasks = {"register": (request("hokusai.register_model", [job_payload]), result),
              "webhook": (request("hokusai.emit_webhook", [result]), webhook_result)}  # fmt: skip
     report: dict[str, Any] = {"machine": common.machine_info(), "loadavg": common.loadavg(), "n": args.n}

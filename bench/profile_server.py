@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,15 +27,16 @@ from bench import common
 from devtools import devstack
 
 NO_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+GTHREAD = "--worker-class gthread --threads 4 --timeout 120 --keep-alive 30"
 #: label -> (--workers, extra flags, extra env)
 CONFIGS: dict[str, tuple[int | None, list[str], dict[str, str]]] = {
     "uvicorn default (4 workers, job runner on)": (None, [], {}),
+    "uvicorn default (4 workers, job runner off)": (None, [], NO_JOBS),
     "uvicorn --workers 1": (1, [], NO_JOBS),
     "uvicorn --workers 2": (2, [], NO_JOBS),
-    "uvicorn --workers 2, listening socket TCP_NODELAY": (2, ["--uvicorn-opts", "--factory"], NO_JOBS),
+    "uvicorn --workers 2, listening socket TCP_NODELAY": (2, [], NO_JOBS),
     "gunicorn sync --workers 2": (2, ["--gunicorn-opts", "--timeout 120"], NO_JOBS),
-    "gunicorn gthread --workers 2 --threads 4": (2, ["--gunicorn-opts", "--timeout 120 -k gthread --threads 4"],
-                                                 NO_JOBS),
+    "gunicorn gthread --workers 2 --threads 4 (compose)": (2, ["--gunicorn-opts", GTHREAD], NO_JOBS),
 }  # fmt: skip
 
 
@@ -127,7 +127,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with ExitStack() as stack:
                 env = dict(env)
                 if "TCP_NODELAY" in label:
-                    extra = []
                     env.update(stack.enter_context(nodelay_patch(work)))
                 backend = stack.enter_context(devstack.postgres_database())
                 port = devstack.free_port()
@@ -162,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     common.write_json(args.output, run(args))
     print(f"wrote {args.output}")
-    _ = socket, sys
     return 0
 
 

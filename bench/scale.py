@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--topologies", default="compose,uvicorn-1,uvicorn-2",
                         help="comma-separated: compose, " + ", ".join(common.TOPOLOGIES))  # fmt: skip
     parser.add_argument("--direct-artifacts", action="store_true",
-                        help="also run compose with artifacts written straight to the store by the workers")  # fmt: skip
+                        help="also run compose with artifacts written by the workers to the store")  # fmt: skip
     parser.add_argument("--workers", default="1,2", help="worker process counts (default 1,2)")
     parser.add_argument("--batch", type=int, default=30, help="jobs per batch (default 30)")
     parser.add_argument("--reps", type=int, default=2, help="batches per worker count (default 2)")
