@@ -304,7 +304,9 @@ def compose_topology(compose_file: Path = PROJECT_ROOT / "docker-compose.yml") -
         environment = dict(item.split("=", 1) for item in environment)
     places = ("MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_BACKEND_STORE_URI")  # and the POSTGRES_* of the database
     env = tuple(
-        (k, _compose_defaults(str(v))) for k, v in environment.items() if k not in places and not k.startswith("POSTGRES_")
+        (k, _compose_defaults(str(v)))
+        for k, v in environment.items()
+        if k not in places and not k.startswith("POSTGRES_")
     )
     return ServerTopology("compose", workers, tuple(flags), env)
 
