@@ -423,14 +423,23 @@ def count_requests(
 
     jobs = 3
     per_call: dict[str, float] = {}
-    paths: dict[str, dict[str, int]] = {}
+    paths: dict[str, dict[str, float]] = {}
     with RequestCounter(store.tracking_uri) as proxy:
         common.activate(proxy.url)
         try:
             proxied = make_registry(proxy.url)
-            for name, call in (("bare", runners["bare"]), ("registry", lambda: proxied.register_baseline(
-                    common.make_model(), "classification", common.METADATA,
-                    pip_requirements=common.explicit_requirements()))):  # fmt: skip
+            model = common.make_model()
+            signature, example = common.signature_and_example(model)
+
+            requirements = common.explicit_requirements()
+
+            def registry_call() -> None:
+                proxied.register_baseline(model, "classification", common.METADATA, signature=signature,
+                                          input_example=example, pip_requirements=requirements)  # fmt: skip
+
+            registry_call()  # the experiment is looked up once per process: not per call
+            for name, call in (("bare", runners["bare"]), ("bare_sig", runners["bare_sig"]),
+                               ("registry", registry_call)):  # fmt: skip
                 before = proxy.snapshot()
                 for _ in range(jobs):
                     with contextlib.redirect_stderr(_SINK), contextlib.redirect_stdout(_SINK):
@@ -440,7 +449,7 @@ def count_requests(
                 paths[name] = _by_route(delta, jobs)
         finally:
             common.activate(store.tracking_uri)
-        proxied_store = common.Store(store.kind, proxy.url, store.work, store.backend)
+        proxied_store = common.Store(store.kind, proxy.url, store.work, store.backend, store.direct_artifacts)
         env = common.worker_env(proxied_store, redis_url, receiver.url, staging)
         settings = common.producer_settings(redis_url, store.work / "producer", staging)
         with devstack.WorkerProcess(env, store.work / "logs", concurrency=1):
