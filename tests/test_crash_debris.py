@@ -7,6 +7,7 @@ from typing import Any
 
 import mlflow
 import pytest
+import redis
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
@@ -42,8 +43,8 @@ def test_a_pending_logged_model_of_a_killed_attempt_is_marked_failed_and_temp_de
     registry = HokusaiModelRegistry(tracking_uri)
     with monkeypatch.context() as patch:
         patch.setattr(MlflowClient, "log_model_artifacts", killed)
-        with pytest.raises(Killed):
-            register_job(job, registry, get_settings())
+        with pytest.raises(Killed):  # the worker's first attempt, which marks its start in Redis
+            register_job(job, registry, get_settings(), redis_client=redis.Redis.from_url(redis_url))
 
     def logged() -> list[Any]:
         return list(

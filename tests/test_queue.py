@@ -118,8 +118,8 @@ def test_crash_between_log_and_register_registers_the_logged_model(
     registry = HokusaiModelRegistry(tracking_uri)
     with monkeypatch.context() as patch:
         patch.setattr(mlflow, "register_model", crash)
-        with pytest.raises(Crash):
-            register_job(job, registry, get_settings())
+        with pytest.raises(Crash):  # the worker's first attempt, which marks its start in Redis
+            register_job(job, registry, get_settings(), redis_client=redis.Redis.from_url(redis_url))
     client = MlflowClient(tracking_uri)
     leftover = mlflow.search_logged_models(
         experiment_ids=[registry.experiment_id()], filter_string=f"tags.job_id = '{job.job_id}'", output_format="list"

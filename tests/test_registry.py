@@ -158,6 +158,23 @@ def test_exactly_one_version_per_call(registry: HokusaiModelRegistry, tracking_u
     assert len(logged["runs"]) == len(logged["logged_models"]) == len(logged["versions"]) == 3
 
 
+def test_a_registered_model_deleted_between_registrations_is_created_again(
+    registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any
+) -> None:
+    """The second version of a known name skips `register_model`'s create-model request, safely."""
+    reqs = ["scikit-learn>=1.3"]
+    registry.register_baseline(sk_model, "regression", {}, pip_requirements=reqs)
+    second = registry.register_baseline(sk_model, "regression", {}, pip_requirements=reqs)  # the direct path
+    assert second["version"] == "2"
+    assert versions_of(tracking_uri, "hokusai_regression_baseline")[-1].tags["model_uuid"] == second["model_uuid"]
+    registry.client.delete_registered_model("hokusai_regression_baseline")
+    again = registry.register_baseline(sk_model, "regression", {}, pip_requirements=reqs)
+    assert again["version"] == "1"
+    assert [v.tags["model_uuid"] for v in versions_of(tracking_uri, "hokusai_regression_baseline")] == [
+        again["model_uuid"]
+    ]
+
+
 def test_register_baseline_skips_requirements_inference(
     registry: HokusaiModelRegistry, sk_model: Any, tmp_path: Path
 ) -> None:

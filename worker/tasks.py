@@ -74,7 +74,7 @@ def register_model(self: HokusaiTask, job: dict[str, Any]) -> dict[str, Any]:
     try:
         parsed = validate_job(job, settings)  # again on this side: producers may be older, or foreign
         with job_lock(job_id, settings):
-            result = register_job(parsed, get_registry(), settings)
+            result = register_job(parsed, get_registry(), settings, redis_client=get_redis())
     except Exception as exc:
         countdown = self.retry_countdown(
             exc, base_s=settings.registry_backoff_base_s, max_s=settings.registry_backoff_max_s

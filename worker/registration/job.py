@@ -49,8 +49,8 @@ def register_job(
     """Register ``job`` (exactly one model version per job id) and return its result.
 
     ``job`` has passed :func:`hokusai_registry.validation.validate_job` (the task calls it); this
-    adds the checks that need MLflow. ``redis_client`` holds the attempt marker (default: this
-    worker process's client).
+    adds the checks that need MLflow. ``redis_client`` holds the attempt markers (the task passes
+    the worker's); without it there is no marker, and every call searches for an earlier attempt's work.
 
     Raises:
         InvalidInputError: the job cannot succeed (missing baseline, missing artifact, bad signature).
@@ -58,11 +58,7 @@ def register_job(
         BrokerUnavailableError: Redis could not be reached to mark the attempt; the caller retries.
     """
     job_id = str(job.job_id)
-    if redis_client is None:
-        from worker.clients import get_redis
-
-        redis_client = get_redis()
-    first = attempts.begin_attempt(redis_client, job_id, ttl_s=settings.result_expires_s)
+    first = redis_client is not None and attempts.begin_attempt(redis_client, job_id, ttl_s=settings.result_expires_s)
     if not first:
         existing = registry.find_version_by_tag(TAG_JOB_ID, job_id)
         if existing is not None:

@@ -86,6 +86,8 @@ class HokusaiModelRegistry:
         with mlflow_boundary("opening the MLflow store"):  # a local store is opened (and migrated) here
             self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         self._experiment_id: str | None = None
+        #: Registered models this object saw exist: a new version of one is a single request.
+        self._known_models: set[str] = set()
 
     # ------------------------------------------------------------------ registration API
     def register_baseline(
@@ -230,10 +232,8 @@ class HokusaiModelRegistry:
             else:
                 model_info = existing_model_info
                 self._log_missing_params(model_info.run_id, run_params)
-            version = mlflow.register_model(
-                model_info.model_uri,
-                model_name,
-                tags={TAG_MODEL_UUID: model_info.model_uuid, **version_tags},
+            version = self._create_version(
+                model_info, model_name, tags={TAG_MODEL_UUID: model_info.model_uuid, **version_tags}
             )
         logger.info(
             "registered %s version %s (model_uuid=%s)",
@@ -243,6 +243,26 @@ class HokusaiModelRegistry:
             extra={"model_uuid": model_info.model_uuid, "version": str(version.version)},
         )
         return self._result(model_info, version, model_type=model_type, is_baseline=is_baseline, metadata=meta)
+
+    def _create_version(self, model_info: ModelInfo, model_name: str, *, tags: dict[str, str]) -> ModelVersion:
+        """One new version of ``model_name`` from ``model_info``, tags included.
+
+        ``mlflow.register_model`` first tries to create the registered model (one request, refused
+        once it exists); for a name already seen here the version is created directly, falling
+        back to ``register_model`` should the registered model have been deleted since.
+        """
+        if model_name in self._known_models:
+            try:
+                return self.client.create_model_version(
+                    model_name, source=model_info.model_uri, tags=tags, model_id=model_info.model_id
+                )
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                self._known_models.discard(model_name)
+        version = mlflow.register_model(model_info.model_uri, model_name, tags=tags)
+        self._known_models.add(model_name)
+        return version
 
     # ------------------------------------------------------------------ lookups
     def get_model_by_uuid(self, model_uuid: str) -> dict[str, Any] | None:
