@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=2, help="batches per worker count (default 2)")
     parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "scale-latest.json")
     parser.add_argument("--plot", type=Path, default=common.RESULTS_DIR / "scale.png")
+    parser.add_argument("--replot", action="store_true", help="only draw the plot again from --output's JSON")
     args = parser.parse_args(argv)
     args.topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
     for name in args.topologies:
@@ -112,7 +113,9 @@ def plot(results: list[dict[str, Any]], path: Path, machine: dict[str, Any]) -> 
         medians = [statistics.median(v) for v in values]
         low = [m - min(v) for m, v in zip(medians, values, strict=True)]
         high = [max(v) - m for m, v in zip(medians, values, strict=True)]
-        ax.errorbar(counts, medians, yerr=[low, high], marker="o", capsize=4, label=result["label"])
+        others = [b["other_processes_cores_busy"] for bs in result["batches"].values() for b in bs]
+        label = f"{result['label']} (other processes: {statistics.fmean(others):.1f} cores)"
+        ax.errorbar(counts, medians, yerr=[low, high], marker="o", capsize=4, label=label)
     ax.set_xlabel("worker processes (concurrency 1 each)")
     ax.set_ylabel("registrations per second (enqueue → webhook received)")
     ax.set_xticks(sorted({int(n) for r in results for n in r["batches"]}))
@@ -131,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     args = parse_args(argv)
+    if args.replot:
+        import json
+
+        saved = json.loads(args.output.read_text())
+        plot(saved["results"], args.plot, saved["machine"])
+        print(f"wrote {args.plot}")
+        return 0
     warnings.filterwarnings("ignore")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     machine = common.machine_info()
