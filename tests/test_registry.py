@@ -163,9 +163,12 @@ def test_a_registered_model_deleted_between_registrations_is_created_again(
 ) -> None:
     """The second version of a known name skips `register_model`'s create-model request, safely."""
     reqs = ["scikit-learn>=1.3"]
-    registry.register_baseline(sk_model, "regression", {}, pip_requirements=reqs)
+    first = registry.register_baseline(sk_model, "regression", {}, pip_requirements=reqs)  # via register_model
     second = registry.register_baseline(sk_model, "regression", {}, pip_requirements=reqs)  # the direct path
     assert second["version"] == "2"
+    [written] = json.loads(mlflow.get_logged_model(first["model_uuid"]).tags["mlflow.modelVersions"])
+    link = json.loads(mlflow.get_logged_model(second["model_uuid"]).tags["mlflow.modelVersions"])
+    assert link == [{"name": "hokusai_regression_baseline", "version": type(written["version"])(2)}]
     assert versions_of(tracking_uri, "hokusai_regression_baseline")[-1].tags["model_uuid"] == second["model_uuid"]
     registry.client.delete_registered_model("hokusai_regression_baseline")
     again = registry.register_baseline(sk_model, "regression", {}, pip_requirements=reqs)

@@ -9,6 +9,7 @@ calls directly and that the queue worker calls for every job.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from hokusai_registry.contract import MODEL_TYPES, BaselineRef
 from hokusai_registry.errors import InvalidInputError, ModelNotFoundError, RegistryUnavailableError
@@ -248,18 +250,25 @@ class HokusaiModelRegistry:
         """One new version of ``model_name`` from ``model_info``, tags included.
 
         ``mlflow.register_model`` first tries to create the registered model (one request, refused
-        once it exists); for a name already seen here the version is created directly, falling
-        back to ``register_model`` should the registered model have been deleted since.
+        once it exists) and afterwards reads the LoggedModel to append the version to its
+        ``mlflow.modelVersions`` tag (the UI's link). For a name already seen here the version is
+        created directly and the tag written in one request (the model was just logged, or resumed
+        because no version of it exists, so the list holds only this version); should the
+        registered model have been deleted since, ``register_model`` does it all.
         """
         if model_name in self._known_models:
             try:
-                return self.client.create_model_version(
+                version = self.client.create_model_version(
                     model_name, source=model_info.model_uri, tags=tags, model_id=model_info.model_id
                 )
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                     raise
                 self._known_models.discard(model_name)
+            else:
+                link = [{"name": version.name, "version": version.version}]
+                self.client.set_logged_model_tags(model_info.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(link)})
+                return version
         version = mlflow.register_model(model_info.model_uri, model_name, tags=tags)
         self._known_models.add(model_name)
         return version
