@@ -200,6 +200,9 @@ def test_wrong_password_is_a_configuration_error_not_retried(redis_url: str) -> 
         ("redis://:pw@host:6379/1", "redis://host:6379/1"),
         ("rediss://user:pw@host/2", "rediss://host/2"),
         ("redis://host/0?password=pw&ssl_cert_reqs=none", "redis://host/0"),
+        ("https://user:token@hooks.example/in?sig=abc#x", "https://hooks.example/in"),
+        ("sqlite:////tmp/store/mlflow.db", "sqlite:////tmp/store/mlflow.db"),
+        ("/srv/models/m?x=1", "/srv/models/m"),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:

@@ -19,6 +19,7 @@ from hokusai_registry.records import RecordStore, parse_since
 from hokusai_registry.redis_client import connect
 from hokusai_registry.webhook_policy import new_secret
 from producers import enqueue_registration
+from tests.support import staged_model
 from worker.webhooks.event import build_event
 from worker.webhooks.store import EventStore
 
@@ -27,8 +28,12 @@ def run(*args: str) -> Result:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
+pytestmark = pytest.mark.usefixtures("staged_models_allowed")
+
+
 def job_fields(**overrides: str) -> dict[str, str]:
-    return {"kind": "baseline", "model_type": "ranking", "artifact_uri": "/m", "token_id": "tok", **overrides}
+    fields = {"kind": "baseline", "model_type": "ranking", "artifact_uri": staged_model("m"), "token_id": "tok"}
+    return {**fields, **overrides}
 
 
 @pytest.fixture
