@@ -11,6 +11,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
+from devtools.builders import baseline_fields
 from hokusai_app.cli import main
 from hokusai_registry import failed_jobs, quarantine
 from hokusai_registry.contract import REGISTER_TASK, REGISTRATION_QUEUE, RegistrationJob
@@ -32,8 +33,7 @@ pytestmark = pytest.mark.usefixtures("staged_models_allowed")
 
 
 def job_fields(**overrides: str) -> dict[str, str]:
-    fields = {"kind": "baseline", "model_type": "ranking", "artifact_uri": staged_model("m"), "token_id": "tok"}
-    return {**fields, **overrides}
+    return baseline_fields(staged_model("m"), **{"model_type": "ranking", "token_id": "tok", **overrides})
 
 
 @pytest.fixture
