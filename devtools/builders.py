@@ -25,8 +25,11 @@ def _apply(fields: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in merged.items() if value is not DROP}
 
 
-def baseline_fields(artifact_uri: str | Path = PLACEHOLDER_ARTIFACT_URI, **changes: Any) -> dict[str, Any]:
-    """A valid baseline job's fields (``artifact_uri`` must exist for :func:`validate_job` to pass)."""
+def baseline_fields(artifact_uri: str | Path = PLACEHOLDER_ARTIFACT_URI, /, **changes: Any) -> dict[str, Any]:
+    """A valid baseline job's fields (``artifact_uri`` must exist for :func:`validate_job` to pass).
+
+    ``artifact_uri=`` among ``changes`` replaces the positional one, like any other field.
+    """
     fields: dict[str, Any] = {
         "kind": "baseline",
         "model_type": "classification",
@@ -38,7 +41,7 @@ def baseline_fields(artifact_uri: str | Path = PLACEHOLDER_ARTIFACT_URI, **chang
     return _apply(fields, changes)
 
 
-def improved_fields(artifact_uri: str | Path = PLACEHOLDER_ARTIFACT_URI, **changes: Any) -> dict[str, Any]:
+def improved_fields(artifact_uri: str | Path = PLACEHOLDER_ARTIFACT_URI, /, **changes: Any) -> dict[str, Any]:
     """A valid improved job's fields, on ``hokusai_classification_baseline/1``."""
     improved: dict[str, Any] = {
         "kind": "improved",

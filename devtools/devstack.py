@@ -275,8 +275,10 @@ def mlflow_server(
 
 
 @contextmanager
-def postgres_database(admin_dsn: str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres") -> Iterator[str]:
-    """Create an empty PostgreSQL database; yield its SQLAlchemy URI; drop it afterwards."""
+def postgres_database(
+    admin_dsn: str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres", *, template: str | None = None
+) -> Iterator[str]:
+    """Create a PostgreSQL database (empty, or a copy of ``template``); yield its SQLAlchemy URI; drop it after."""
     import psycopg2
 
     name = f"hokusai_{uuid.uuid4().hex[:16]}"
@@ -285,7 +287,7 @@ def postgres_database(admin_dsn: str = "host=127.0.0.1 port=5432 user=postgres d
     params = dict(part.split("=", 1) for part in admin_dsn.split())
     try:
         with connection.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
+            cursor.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         yield f"postgresql+psycopg2://{params['user']}@{params['host']}:{params['port']}/{name}"
     finally:
         with connection.cursor() as cursor:

@@ -18,6 +18,7 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from hokusai_registry.json_values import to_json
 from hokusai_registry.settings import get_settings
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -212,6 +213,12 @@ class RegistrationJob(BaseModel):
     primary_metric: str | None = None
     benchmark_spec_id: str | None = None
     benchmark: BenchmarkGate | None = None
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _convert_metadata(cls, value: Any) -> Any:
+        """numpy scalars and arrays, datetime, date, Decimal, Path, sets: converted as documented in to_json."""
+        return to_json(value, "metadata") if isinstance(value, Mapping) else value
 
     @field_validator("metadata")
     @classmethod

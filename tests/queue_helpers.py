@@ -44,5 +44,4 @@ def versions_of_job(client: MlflowClient, job_id: str) -> list[Any]:
 def job_fields(model_dir: Path, **overrides: Any) -> dict[str, Any]:
     """A valid baseline job on ``model_dir`` (devtools.builders), with metadata past MLflow's param limit."""
     defaults = {"metadata": {"dataset": "leads-2026-11", "notes": "x" * 2000}, "token_id": "LEADS"}
-    artifact_uri = overrides.pop("artifact_uri", model_dir)
-    return baseline_fields(artifact_uri, **{**defaults, **overrides})
+    return baseline_fields(model_dir, **{**defaults, **overrides})

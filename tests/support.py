@@ -23,7 +23,10 @@ __all__ = [
 ]
 
 #: The Redis database the tests own (flushed around each test); parallel runs pick others.
-TEST_REDIS_DB = int(os.environ.get("HOKUSAI_TEST_REDIS_DB", "15"))
+#: With pytest-xdist each worker process (gw0, gw1, ...) takes its own database, counting down from it.
+TEST_REDIS_DB = int(os.environ.get("HOKUSAI_TEST_REDIS_DB", "15")) - int(
+    os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0
+)
 TEST_REDIS_URL = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 

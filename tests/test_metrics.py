@@ -15,6 +15,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.builders import WALLET
 from devtools.devstack import free_port
 from devtools.receiver import WebhookReceiver
 from hokusai_registry import failed_jobs
@@ -70,7 +71,10 @@ def test_metrics_endpoint_of_a_prefork_worker_counts_real_jobs(
             assert wait_result(app, webhook_task_id(delivered), 90).state == "SUCCESS", worker.log_tail()
             dead = enqueue_registration(job_fields(model_dir))
             assert wait_result(app, webhook_task_id(dead), 90).state == "FAILURE", worker.log_tail()
-            failed = enqueue_registration(job_fields(model_dir, artifact_uri=str(staging / "no-such-model")))
+            missing_baseline = {"baseline_id": "hokusai_classification_baseline/99", "delta_metrics": {"auc": 0.1}}
+            failed = enqueue_registration(
+                job_fields(model_dir, kind="improved", contributor=WALLET, **missing_baseline)
+            )  # only MLflow can tell the baseline is missing: the registration fails in the worker
             assert wait_result(app, failed, 90).state == "FAILURE", worker.log_tail()
             url = f"http://127.0.0.1:{port}/metrics"
             # postrun signals run just after the result is stored: poll until the last one counted
@@ -124,8 +128,11 @@ def test_redis_gauges_count_waiting_jobs_their_age_and_the_stores(redis_url: str
     assert value(empty, "hokusai_quarantined_messages") == 0, "a missing quarantine key counts 0"
 
     published_at = time.time()
+    model_dir = staging / "model"
+    model_dir.mkdir()
+    (model_dir / "MLmodel").write_text("flavors: {}\n")  # enough for validate_job; no worker reads it
     for _ in range(3):  # no worker: the jobs wait in the queue
-        enqueue_registration(job_fields(staging / "model"))
+        enqueue_registration(job_fields(model_dir))
     wait_until(lambda: time.time() - published_at >= 1.0, timeout_s=5, what="a second to pass")
     client.hset(QUARANTINE_KEY, mapping={"q1": "{}", "q2": "{}"})
     failed_jobs.record_failure(client, str(uuid.uuid4()), reason="bad job", error_type="InvalidJobError")

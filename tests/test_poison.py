@@ -13,11 +13,13 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from devtools.receiver import WebhookReceiver
 from hokusai_app.cli import main
 from hokusai_registry import quarantine
 from hokusai_registry.contract import REGISTER_TASK, REGISTRATION_QUEUE, WEBHOOK_QUEUE, WEBHOOK_TASK, webhook_task_id
 from producers import enqueue_registration
 from tests.queue_helpers import client_app, job_fields, save_model_dir, wait_result
+from tests.test_webhooks_e2e import SECRET
 from tests.worker_process import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.slow
@@ -71,7 +73,9 @@ def test_poison_on_both_queues_is_quarantined_and_the_same_worker_goes_on(
 ) -> None:
     client = redis.Redis.from_url(redis_url)
     items = [(queue, raw, word) for queue in (REGISTRATION_QUEUE, WEBHOOK_QUEUE) for raw, word in poison(queue)]
-    with WorkerProcess(worker_env, tmp_path) as worker:
+    receiver = WebhookReceiver(SECRET).start()
+    env = {**worker_env, "WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET, "WEBHOOK_ALLOW_HTTP": "true"}
+    with WorkerProcess(env, tmp_path) as worker:
         assert worker.process is not None
         pid = worker.process.pid
         for queue, raw, _ in items:
@@ -84,8 +88,10 @@ def test_poison_on_both_queues_is_quarantined_and_the_same_worker_goes_on(
         assert result.state == "SUCCESS", worker.log_tail()
         webhook = wait_result(client_app(redis_url), webhook_task_id(job_id))  # the other queue goes on too
         assert webhook.state == "SUCCESS", worker.log_tail()
+        assert [event["model"]["version"] for event in receiver.wait_for(1)] == ["1"]
         assert worker.process.pid == pid and worker.process.poll() is None, worker.log_tail()
         log = worker.log_text()
+    receiver.stop()
 
     assert "Unrecoverable error" not in log
     records = store.list()

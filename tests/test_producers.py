@@ -18,6 +18,7 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
+from devtools.builders import baseline_fields
 from hokusai_registry.contract import (
     REGISTER_TASK,
     REGISTRATION_QUEUE,
@@ -49,15 +50,8 @@ REFUSED = staged_model("refused")
 
 
 def job_fields(**changes: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "kind": "baseline",
-        "model_type": "classification",
-        "artifact_uri": MODEL,
-        "metadata": {"dataset": "leads-2024"},
-        "tags": {"user_id": "7"},
-    }
-    fields.update(changes)
-    return fields
+    """devtools.builders' baseline job on the stand-in model folder."""
+    return baseline_fields(MODEL, **changes)
 
 
 def queued_messages(redis_url: str, queue: str) -> list[dict[str, Any]]:
@@ -200,6 +194,9 @@ def test_wrong_password_is_a_configuration_error_not_retried(redis_url: str) -> 
         ("redis://:pw@host:6379/1", "redis://host:6379/1"),
         ("rediss://user:pw@host/2", "rediss://host/2"),
         ("redis://host/0?password=pw&ssl_cert_reqs=none", "redis://host/0"),
+        ("https://user:token@hooks.example/in?sig=abc#x", "https://hooks.example/in"),
+        ("sqlite:////tmp/store/mlflow.db", "sqlite:////tmp/store/mlflow.db"),
+        ("/srv/models/m?x=1", "/srv/models/m"),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:

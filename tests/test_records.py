@@ -11,6 +11,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
+from devtools.builders import baseline_fields
 from hokusai_app.cli import main
 from hokusai_registry import failed_jobs, quarantine
 from hokusai_registry.contract import REGISTER_TASK, REGISTRATION_QUEUE, RegistrationJob
@@ -19,6 +20,7 @@ from hokusai_registry.records import RecordStore, parse_since
 from hokusai_registry.redis_client import connect
 from hokusai_registry.webhook_policy import new_secret
 from producers import enqueue_registration
+from tests.support import staged_model
 from worker.webhooks.event import build_event
 from worker.webhooks.store import EventStore
 
@@ -27,8 +29,11 @@ def run(*args: str) -> Result:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
+pytestmark = pytest.mark.usefixtures("staged_models_allowed")
+
+
 def job_fields(**overrides: str) -> dict[str, str]:
-    return {"kind": "baseline", "model_type": "ranking", "artifact_uri": "/m", "token_id": "tok", **overrides}
+    return baseline_fields(staged_model("m"), **{"model_type": "ranking", "token_id": "tok", **overrides})
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from devtools import builders
 from hokusai_app.cli import main
 from tests.worker_process import ROOT, wait_until
 
@@ -113,17 +114,14 @@ def test_the_docs_verification_snippet_verifies_a_real_delivery_with_headers_in_
     import re
 
     from devtools.receiver import WebhookReceiver
-    from hokusai_registry.contract import RegistrationJob
     from hokusai_registry.settings import Settings
     from worker.webhooks.delivery import deliver
-    from worker.webhooks.event import build_event
 
     text = (ROOT / "docs" / "webhooks.md").read_text(encoding="utf-8")
     [snippet] = [block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "def verify(" in block]
     namespace: dict[str, Any] = {}
     exec(compile(snippet, "docs/webhooks.md", "exec"), namespace)
-    job = RegistrationJob(kind="baseline", model_type="ranking", artifact_uri="file:///staging/m", token_id="t")
-    event = build_event({"model_name": "m", "version": "1", "run_id": "r"}, job)
+    event = builders.event("1", model_type="ranking", token_id="t")
     with WebhookReceiver(SECRET) as receiver:
         settings = Settings(webhook_url=receiver.url, webhook_secret=SECRET, webhook_allow_http=True)
         deliver(event, url=receiver.url, secret=SECRET, client=None, settings=settings)

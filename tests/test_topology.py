@@ -167,7 +167,7 @@ def test_upload_to_an_unreachable_server_publishes_nothing(
 ) -> None:
     from hokusai_registry.errors import ConfigurationError, RegistryUnavailableError
     from producers import save_and_enqueue
-    from tests.conftest import free_port
+    from tests.support import free_port
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     fields = {"kind": "baseline", "model_type": "classification", "token_id": "LEADS"}

@@ -113,3 +113,40 @@ def test_an_improved_job_on_a_missing_baseline_fails_permanently_in_the_worker(
     assert failed.state == "FAILURE"
     assert "baseline_id: hokusai_classification_baseline/9 does not exist in MLflow" in str(failed.result)
     assert "retrying in" not in log, "a missing baseline is permanent, not retried"
+
+
+def test_metadata_values_json_cannot_hold_are_converted_at_enqueue_as_in_the_registry(
+    model_dir: Path, redis_url: str
+) -> None:
+    import datetime as dt
+    from decimal import Decimal
+
+    import numpy as np
+
+    from worker.registration.model_inputs import check_metadata
+
+    metadata = {
+        "rows": np.int64(120_000),
+        "auc": np.float32(0.5),
+        "weights": np.array([1, 2]),
+        "trained_at": dt.datetime(2026, 11, 27, 9, 30, tzinfo=dt.UTC),
+        "day": dt.date(2026, 11, 27),
+        "price": Decimal("1.10"),
+        "path": Path("/data/x.csv"),
+        "labels": {"b", "a"},
+    }
+    expected = {
+        "rows": 120000,
+        "auc": 0.5,
+        "weights": [1, 2],
+        "trained_at": "2026-11-27T09:30:00+00:00",
+        "day": "2026-11-27",
+        "price": "1.10",
+        "path": "/data/x.csv",
+        "labels": ["a", "b"],
+    }
+    settings = Settings()
+    assert validate_job(baseline_fields(model_dir, metadata=metadata), settings).metadata == expected
+    assert check_metadata(metadata, settings.max_metadata_bytes) == expected  # the in-process registry agrees
+    with pytest.raises(InvalidJobError, match=r"metadata: metadata\['when'\] is a builtins.object"):
+        validate_job(baseline_fields(model_dir, metadata={"when": object()}), settings)
