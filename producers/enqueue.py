@@ -111,11 +111,12 @@ def job_status(job_id: str | UUID, settings: Settings | None = None) -> dict[str
     app = results_app(settings.redis_url)
 
     def read() -> dict[str, Any]:
-        status = {"job_id": task_id, **_describe(app.backend.get_task_meta(task_id))}
+        # cache=False: a finished result is cached per process, and `jobs retry` runs the job again
+        status = {"job_id": task_id, **_describe(app.backend.get_task_meta(task_id, cache=False))}
         if status["state"] == "PENDING" and not app.backend.client.exists(ENQUEUED_KEY_PREFIX + task_id):
             status["state"] = UNKNOWN
         webhook_id = webhook_task_id(task_id)
-        webhook_meta = app.backend.get_task_meta(webhook_id)
+        webhook_meta = app.backend.get_task_meta(webhook_id, cache=False)
         status["webhook"] = {"task_id": webhook_id, "state": str(webhook_meta.get("status", "PENDING"))}
         return status
 

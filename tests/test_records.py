@@ -181,9 +181,14 @@ def test_a_failed_job_retried_from_the_cli_registers_with_the_same_id(
         assert result.exit_code == 0, result.output
         assert result.stdout.strip() == job_id
         assert failed_jobs.get_failure(client, job_id) is None
-        retried = client_app(redis_url).AsyncResult(job_id)  # a fresh backend: the first one cached FAILURE
+        from producers.enqueue import job_status
         from tests.worker_process import wait_until
 
-        wait_until(lambda: retried.state == "SUCCESS", timeout_s=60, what="the retried job")
-        assert retried.result["job_id"] == job_id
+        # job_status reads the backend uncached: this process already saw the first run's FAILURE
+        done = wait_until(
+            lambda: (status := job_status(job_id))["state"] == "SUCCESS" and status,
+            timeout_s=60,
+            what=f"the retried job\n{worker.log_tail()}",
+        )
+        assert done["result"]["job_id"] == job_id
     assert failed_jobs.get_failure(client, job_id) is None
