@@ -83,30 +83,18 @@ def redis_server(redis_url: str, work_dir: Path) -> Iterator[str]:
     if port_open(parts.hostname or "127.0.0.1", parts.port or 6379):
         yield redis_url
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         raise StackError(f"Redis is not reachable at {parts.hostname}:{parts.port} and redis-server is not installed")
-    port = free_port()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    log_path = work_dir / f"redis-{port}.log"
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-               "--dir", str(work_dir), "--logfile", str(log_path)]  # fmt: skip
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        try:
-            wait_until(lambda: port_open("127.0.0.1", port), timeout_s=20, what="redis-server")
-        except TimeoutError as exc:
-            raise StackError(f"redis-server did not start:\n{log_tail(log_path)}") from exc
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        stop_process_group(process)
+    with private_redis_server(work_dir) as url:
+        yield url
 
 
 @contextmanager
-def private_redis_server(work_dir: Path, password: str) -> Iterator[str]:
-    """A fresh ``redis-server`` with ``requirepass`` on a free loopback port; yield its URL (no password in it).
+def private_redis_server(work_dir: Path, password: str | None = None) -> Iterator[str]:
+    """A fresh ``redis-server`` on a free loopback port, keeping nothing on disk; yield its URL.
 
-    The password goes into a config file in ``work_dir``, never onto the command line.
+    With ``password`` it runs with ``requirepass``; the password goes into a config file in
+    ``work_dir``, never onto the command line (and not into the URL).
     """
     binary = shutil.which("redis-server")
     if binary is None:
@@ -117,7 +105,7 @@ def private_redis_server(work_dir: Path, password: str) -> Iterator[str]:
     config = work_dir / f"redis-{port}.conf"
     config.write_text(
         f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly no\ndir {work_dir}\nlogfile {log_path}\n'
-        f"requirepass {password}\n",
+        + (f"requirepass {password}\n" if password else ""),
         encoding="utf-8",
     )
     config.chmod(0o600)

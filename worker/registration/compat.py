@@ -11,12 +11,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
-from mlflow.exceptions import MlflowException
 
 from hokusai_registry.contract import MODEL_TYPES, BaselineRef
 from hokusai_registry.errors import InvalidInputError, ModelNotFoundError
 from worker.registration import model_inputs
-from worker.registration.mlflow_errors import mlflow_boundary
 
 if TYPE_CHECKING:
     from worker.registration.registry import HokusaiModelRegistry
@@ -134,14 +132,10 @@ def baseline_metrics(registry: HokusaiModelRegistry, entries: list[dict[str, Any
         ref = model_inputs.parse_baseline(baseline_id)
     except InvalidInputError:
         return None
-    with mlflow_boundary(f"reading baseline {baseline_id}"):
-        try:
-            run_id = registry.client.get_model_version(ref.name, ref.version).run_id
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            return None
-    run = registry._runs([run_id]).get(run_id or "")
+    version = registry.find_version(ref.name, ref.version)
+    if version is None:
+        return None
+    run = registry._runs([version.run_id]).get(version.run_id or "")
     return dict(run.data.metrics) if run else None
 
 
@@ -149,17 +143,12 @@ def baseline_model_type(registry: HokusaiModelRegistry, ref: BaselineRef) -> str
     """The model type of a baseline whose name implies none: its version tag, else its run param."""
     from worker.registration.registry import TAG_MODEL_TYPE
 
-    registry._activate()
-    with mlflow_boundary(f"reading baseline {ref.name}/{ref.version}"):
-        try:
-            version = registry.client.get_model_version(ref.name, ref.version)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            raise ModelNotFoundError(
-                f"baseline_id {ref.name}/{ref.version}: no such model version, and the name implies "
-                "no model type (hokusai_<model_type>_baseline would)"
-            ) from exc
+    version = registry.find_version(ref.name, ref.version)
+    if version is None:
+        raise ModelNotFoundError(
+            f"baseline_id {ref.name}/{ref.version}: no such model version, and the name implies "
+            "no model type (hokusai_<model_type>_baseline would)"
+        )
     model_type = (version.tags or {}).get(TAG_MODEL_TYPE)
     if model_type is None and version.run_id:
         run = registry._runs([version.run_id]).get(version.run_id)

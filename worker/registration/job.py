@@ -23,7 +23,6 @@ from typing import Any
 import mlflow
 import redis
 from mlflow.entities import LoggedModelStatus
-from mlflow.exceptions import MlflowException
 
 from hokusai_registry.contract import RegistrationJob, parse_baseline_id
 from hokusai_registry.errors import InvalidJobError, SignatureError
@@ -119,16 +118,12 @@ def check_baseline_exists(job: RegistrationJob, registry: HokusaiModelRegistry) 
     """
     assert job.baseline_id is not None
     baseline = parse_baseline_id(job.baseline_id)
-    try:
-        with mlflow_boundary(f"reading baseline {job.baseline_id}"):
-            version = registry.client.get_model_version(baseline.name, baseline.version)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise InvalidJobError(
-                f"invalid registration job: baseline_id: {job.baseline_id} does not exist in MLflow "
-                f"(no version {baseline.version} of registered model {baseline.name!r})"
-            ) from exc
-        raise
+    version = registry.find_version(baseline.name, baseline.version)
+    if version is None:
+        raise InvalidJobError(
+            f"invalid registration job: baseline_id: {job.baseline_id} does not exist in MLflow "
+            f"(no version {baseline.version} of registered model {baseline.name!r})"
+        )
     recorded = (version.tags or {}).get(TAG_MODEL_TYPE)
     if recorded and recorded != job.model_type:
         raise InvalidJobError(

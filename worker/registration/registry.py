@@ -376,6 +376,17 @@ class HokusaiModelRegistry:
         versions = self._search_versions(f"tags.{key} = '{value}'")
         return min(versions, key=lambda v: int(v.version)) if versions else None
 
+    def find_version(self, model_name: str, version: str) -> ModelVersion | None:
+        """The model version ``model_name``/``version``, or None when MLflow has no such version."""
+        self._activate()
+        with mlflow_boundary(f"reading {model_name}/{version}"):
+            try:
+                return self.client.get_model_version(model_name, version)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                return None
+
     def promote_model_to_production(self, model_name: str, version: str | int) -> dict[str, Any]:
         """Point the ``production`` alias of ``model_name`` at ``version``.
 
