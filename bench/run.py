@@ -422,7 +422,7 @@ def count_requests(
     A counting proxy sits in front of the server; the in-process variants and one extra worker
     process use it for ``JOBS`` calls each.
     """
-    from bench.request_counter import RequestCounter
+    from devtools.request_counter import RequestCounter
     from producers.enqueue import enqueue_registration
 
     jobs = 3

@@ -55,6 +55,28 @@ def check_mlflow(settings: Settings) -> Check:
     return Check("mlflow", "ok", f"{redact_url(uri)} answers")
 
 
+def check_served_artifacts(settings: Settings) -> Check | None:
+    """With SERVED_ARTIFACTS_DESTINATION: does the tracking server serve what this host writes there?"""
+    destination = settings.served_artifacts_destination
+    if destination is None:
+        return None
+    if not settings.tracking_uri.startswith(("http://", "https://")):
+        return Check("served artifacts", "warn",
+                     "SERVED_ARTIFACTS_DESTINATION is set but the tracking URI is not a server: it is not used",
+                     "unset it, or point MLFLOW_TRACKING_URI at the server")  # fmt: skip
+    from worker.registration.served_artifacts import check_destination
+
+    try:
+        problem = check_destination(destination, settings.tracking_uri)
+    except Exception as exc:  # the server could not be asked: the mlflow check says why
+        return Check("served artifacts", "warn", f"could not check: {type(exc).__name__}: {str(exc)[:200]}")
+    if problem:
+        return Check("served artifacts", "fail", f"SERVED_ARTIFACTS_DESTINATION={destination}: {problem}; workers "
+                     "upload through the server instead", "set it to the server's --artifacts-destination as "
+                     "this host sees it (a shared volume or bucket), or unset it")  # fmt: skip
+    return Check("served artifacts", "ok", f"written straight to {destination}, which the server serves")
+
+
 def check_webhooks(settings: Settings) -> Check:
     from hokusai_registry.webhook_policy import check_webhook_config
 
@@ -107,8 +129,9 @@ def check_backlog(settings: Settings) -> Check:
     return Check("backlog", "ok", "no failed jobs, no undelivered webhooks, no quarantined messages")
 
 
-CHECKS: tuple[Callable[[Settings], Check], ...] = (check_redis, check_mlflow, check_webhooks, check_workers,
-                                                  check_backlog)  # fmt: skip
+CHECKS: tuple[Callable[[Settings], Check | None], ...] = (
+    check_redis, check_mlflow, check_served_artifacts, check_webhooks, check_workers, check_backlog,
+)  # fmt: skip
 
 
 def run_checks(settings: Settings) -> list[Check]:
@@ -116,7 +139,10 @@ def run_checks(settings: Settings) -> list[Check]:
     results = []
     for check in CHECKS:
         try:
-            results.append(check(settings))
+            result = check(settings)
         except Exception as exc:  # a doctor must finish its round
             results.append(Check(check.__name__.removeprefix("check_"), "fail", f"{type(exc).__name__}: {exc}"))
+            continue
+        if result is not None:  # None: the check does not apply to this configuration
+            results.append(result)
     return results

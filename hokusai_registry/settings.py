@@ -106,6 +106,13 @@ class Settings(BaseSettings):
         description="Artifact location for a newly created experiment. Default: $HOKUSAI_HOME/artifacts "
         "for a local store, the server's default for a tracking server.",
     )
+    served_artifacts_destination: str | None = Field(
+        default=None,
+        description="Workers: the tracking server's --artifacts-destination as this process can write it (a "
+        "shared volume's absolute path, or the same bucket URI). mlflow-artifacts:/ files are then read and "
+        "written there directly instead of through the server (checked once against the server; "
+        "docs/scaling.md).",
+    )
 
     upload_tracking_uri: str | None = Field(
         default=None,
@@ -201,6 +208,19 @@ class Settings(BaseSettings):
     def _split_roots(cls, value: object) -> object:
         if isinstance(value, str):
             return [Path(part.strip()) for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("served_artifacts_destination")
+    @classmethod
+    def _check_served_destination(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme = urlsplit(value).scheme.lower()
+        if scheme in {"mlflow-artifacts", "http", "https", "runs", "models"}:
+            raise ValueError("SERVED_ARTIFACTS_DESTINATION must name the store itself (a path or a bucket URI), "
+                             f"not a {scheme}: URI")  # fmt: skip
+        if not scheme and not Path(value).is_absolute():
+            raise ValueError("SERVED_ARTIFACTS_DESTINATION must be an absolute path or a store URI")
         return value
 
     @field_validator("redis_url")

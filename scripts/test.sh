@@ -25,5 +25,5 @@ if [ -z "${HOKUSAI_SKIP_OLDEST_MLFLOW:-}" ]; then
   "$ROOT/.venv-mlflow-oldest/bin/python" -m pytest -p no:cacheprovider \
     -k "not test_200_jobs" \
     tests/test_registry.py tests/test_registry_server.py tests/test_registry_compat.py tests/test_backfill.py \
-    tests/test_queue.py
+    tests/test_queue.py tests/test_served_artifacts.py
 fi

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ def _reset_mlflow_globals() -> None:
     mlflow.set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI
     registry_utils._registry_uri = None
     os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    served_artifacts = sys.modules.get("worker.registration.served_artifacts")
+    if served_artifacts is not None:  # a registry with SERVED_ARTIFACTS_DESTINATION installed it process-wide
+        served_artifacts.uninstall()
 
 
 @pytest.fixture(scope="session")

@@ -471,6 +471,18 @@ def test_mlflow_is_a_tracking_server_on_postgres_with_served_artifacts() -> None
     assert "--no-serve-artifacts" not in argv
 
 
+def test_workers_write_served_artifacts_into_the_servers_own_volume() -> None:
+    services = interpolated_compose()["services"]
+    destination = option_value(argv_of(services["mlflow"]["command"]), "--artifacts-destination")
+    server_volume = {str(v).split(":")[1]: str(v).split(":")[0] for v in services["mlflow"]["volumes"]}[destination]
+    worker = services["worker"]
+    worker_destination = worker["environment"]["SERVED_ARTIFACTS_DESTINATION"]
+    worker_volumes = {str(v).split(":")[1]: str(v).split(":")[0] for v in worker["volumes"]}
+    assert worker_volumes.get(worker_destination) == server_volume, (
+        f"the worker writes {worker_destination}, which is not the server's {server_volume} volume"
+    )
+
+
 def test_redis_wants_a_password_and_is_published_on_loopback() -> None:
     raw = load_compose()["services"]["redis"]
     redis_service = interpolated_compose()["services"]["redis"]

@@ -3,6 +3,8 @@
 A tracking server on PostgreSQL with served artifacts, a Redis that wants a password, a worker,
 and a producer in a separate process with its own folder: it shares no folder with the worker,
 uploads its model to the tracking server and enqueues it; the webhook arrives at a receiver.
+As in docker-compose.yml, the worker has the server's artifact folder (SERVED_ARTIFACTS_DESTINATION):
+it reads the upload and writes the new model there itself, and a reader gets it through the server.
 Passwords reach the processes as files (``*_FILE``), never on a command line.
 """
 
@@ -19,12 +21,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import mlflow
 import pytest
 import redis
 from mlflow.tracking import MlflowClient
 
 from devtools.devstack import free_port, log_tail, private_redis_server, stop_process_group
 from devtools.receiver import WebhookReceiver
+from devtools.request_counter import RequestCounter
 from tests.mlflow_server import fresh_database
 from tests.test_webhooks_e2e import SECRET
 from tests.worker_process import ROOT, WorkerProcess, wait_until
@@ -114,11 +118,14 @@ def test_a_pipeline_on_another_host_uploads_and_registers_through_the_stack(tmp_
             server,
         ),
         WebhookReceiver(SECRET) as receiver,
+        RequestCounter(tracking_url) as worker_view,  # counts the worker's requests to the server
     ):
         with pytest.raises(redis.AuthenticationError):
             redis.Redis.from_url(redis_url).ping()  # no password, no access
         worker_env = {
-            "MLFLOW_TRACKING_URI": tracking_url,
+            "MLFLOW_TRACKING_URI": worker_view.url,
+            # as docker-compose.yml: the server's artifact volume is mounted into the worker too
+            "SERVED_ARTIFACTS_DESTINATION": str(artifacts),
             "REDIS_URL": redis_url,
             "REDIS_PASSWORD_FILE": secret_file(worker_dir / "secrets", "redis_password", password),
             "WEBHOOK_URL": receiver.url,
@@ -149,11 +156,20 @@ def test_a_pipeline_on_another_host_uploads_and_registers_through_the_stack(tmp_
             server_lines = command_lines(server.pid)
             worker_log = worker.log_text()
         (version,) = MlflowClient(tracking_url).search_model_versions(f"tags.job_id = '{job_id}'")
+        model_uuid = version.tags["model_uuid"]
+        mlflow.set_tracking_uri(tracking_url)  # a reader without the setting: through the server
+        downloaded = Path(mlflow.artifacts.download_artifacts(f"models:/{model_uuid}", dst_path=str(tmp_path / "r")))
 
     assert event["model"]["version"] == str(version.version) and event["model"]["name"] == version.name
     assert receiver.requests[0].hokusai_verified, "signed with the secret the worker read from its file"
     assert (artifacts / "hokusai-uploads" / job_id / "MLmodel").is_file(), "uploaded to the served artifacts"
-    assert not any((worker_dir / "home").rglob("MLmodel")), "the worker got the model through the server"
+    assert not any((worker_dir / "home").rglob("MLmodel")), "the worker read the upload from the server's store"
+    artifact_routes = [r for r in worker_view.snapshot() if r.split()[1].startswith("/api/2.0/mlflow-artifacts")]
+    (probe,) = artifact_routes  # the one check that the server serves what the worker writes there
+    assert probe == "GET /api/2.0/mlflow-artifacts/artifacts", artifact_routes  # listing the probe folder
+    assert "writing them straight to" in worker_log
+    assert (artifacts / "1" / "models" / model_uuid / "artifacts" / "MLmodel").is_file()
+    assert (downloaded / "MLmodel").is_file()
     assert not (producer_dir / "home" / "staging").exists(), "the producer staged nothing locally"
     assert job_id in worker_log
     assert worker_lines and not any(password in line for line in worker_lines), "a password on a command line"

@@ -29,7 +29,7 @@ from hokusai_registry.errors import InvalidInputError, ModelNotFoundError, Regis
 from hokusai_registry.flavors import flavor_for
 from hokusai_registry.redaction import redact_url
 from hokusai_registry.settings import Settings, get_settings
-from worker.registration import compat, lineage, model_inputs, signatures
+from worker.registration import compat, lineage, model_inputs, served_artifacts, signatures
 from worker.registration.mlflow_errors import mlflow_boundary
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ class HokusaiModelRegistry:
         logger.log(level, "MLflow store: %s (from %s)", shown, source)
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if self.settings.served_artifacts_destination and self.tracking_uri.startswith(("http://", "https://")):
+            served_artifacts.install(self.settings.served_artifacts_destination)
         self._activate()
         with mlflow_boundary("opening the MLflow store"):  # a local store is opened (and migrated) here
             self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
