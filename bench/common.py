@@ -239,7 +239,8 @@ class Store:
     tracking_uri: str
     work: Path  # scratch folder: artifacts, staging, logs
     backend: str | None = None  # the server's PostgreSQL URI
-    direct_artifacts: str | None = None  # clients write artifacts here themselves (not through the server)
+    #: The server's --artifacts-destination when clients write it themselves (SERVED_ARTIFACTS_DESTINATION)
+    served_destination: Path | None = None
 
     def process_groups(self) -> dict[str, list[int]]:
         """The MLflow server's process tree and the PostgreSQL backends of its database (empty for sqlite)."""
@@ -251,9 +252,7 @@ class Store:
 
     def artifact_location(self, name: str) -> str | None:
         """Artifacts of a benchmark-made experiment: in the scratch folder (sqlite), served (server)."""
-        if self.kind == "sqlite":
-            return (self.work / "artifacts" / name).as_uri()
-        return f"{self.direct_artifacts}/{name}" if self.direct_artifacts else None
+        return (self.work / "artifacts" / name).as_uri() if self.kind == "sqlite" else None
 
 
 #: ``mlflow server`` flags that name this deployment's places (replaced by local ones), not how it serves.
@@ -268,22 +267,27 @@ class ServerTopology:
     workers: int | None
     flags: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    #: Workers write the served artifacts into the server's store themselves (SERVED_ARTIFACTS_DESTINATION).
+    workers_write_artifacts: bool = False
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "workers": self.workers, "flags": list(self.flags), "env": dict(self.env)}
+        return {"name": self.name, "workers": self.workers, "flags": list(self.flags), "env": dict(self.env),
+                "workers_write_artifacts": self.workers_write_artifacts}  # fmt: skip
 
 
 def compose_topology(compose_file: Path = PROJECT_ROOT / "docker-compose.yml") -> ServerTopology:
     """The ``mlflow`` service of docker-compose.yml: its command's serving flags and its environment.
 
     The benchmark runs the server exactly so; only the backend URI, artifacts folder, host, port
-    and allowed hosts are local ones.
+    and allowed hosts are local ones. Whether the ``worker`` service writes the served artifacts
+    itself (``SERVED_ARTIFACTS_DESTINATION``) comes along.
     """
     import shlex
 
     import yaml
 
-    service = yaml.safe_load(compose_file.read_text())["services"]["mlflow"]
+    services = yaml.safe_load(compose_file.read_text())["services"]
+    service = services["mlflow"]
     words = shlex.split(_compose_defaults(str(service["command"])))
     # `mlflow server ...`, or the wrapper that passes its options through to it
     launcher = 2 if words[:2] == ["mlflow", "server"] else 3
@@ -308,7 +312,8 @@ def compose_topology(compose_file: Path = PROJECT_ROOT / "docker-compose.yml") -
         for k, v in environment.items()
         if k not in places and not k.startswith("POSTGRES_")
     )
-    return ServerTopology("compose", workers, tuple(flags), env)
+    worker_env = services["worker"].get("environment") or {}
+    return ServerTopology("compose", workers, tuple(flags), env, "SERVED_ARTIFACTS_DESTINATION" in worker_env)
 
 
 def _compose_defaults(text: str) -> str:
@@ -333,13 +338,14 @@ TOPOLOGIES = {
 
 @contextmanager
 def mlflow_store(
-    kind: str, work: Path, *, topology: ServerTopology | None = None, direct_artifacts: bool = False
+    kind: str, work: Path, *, topology: ServerTopology | None = None, workers_write_artifacts: bool | None = None
 ) -> Iterator[Store]:
     """A fresh, migrated MLflow store: a sqlite file, or ``mlflow server`` on a new PostgreSQL database.
 
-    The server runs as ``topology`` says (default: as docker-compose.yml runs it). With
-    ``direct_artifacts`` new experiments keep their artifacts in a folder the clients write
-    themselves (``MLFLOW_ARTIFACT_LOCATION``) instead of uploading them through the server.
+    The server runs as ``topology`` says (default: as docker-compose.yml runs it). Clients write
+    the served artifacts into the server's folder themselves (``SERVED_ARTIFACTS_DESTINATION``)
+    when ``workers_write_artifacts`` says so (default: as the topology does), else upload them
+    through the server.
     """
     from mlflow.tracking import MlflowClient
 
@@ -363,8 +369,9 @@ def mlflow_store(
                 env=dict(topology.env),
             )
         )
-        direct = (work / "direct-artifacts").as_uri() if direct_artifacts else None
-        yield Store(kind, url, work, backend, direct)
+        if workers_write_artifacts is None:
+            workers_write_artifacts = topology.workers_write_artifacts
+        yield Store(kind, url, work, backend, work / "served" if workers_write_artifacts else None)
 
 
 def activate(tracking_uri: str) -> None:
@@ -416,7 +423,7 @@ def worker_env(store: Store, redis_url: str, receiver_url: str, staging: Path, *
         "WEBHOOK_SECRET": SECRET,
         "WEBHOOK_ALLOW_HTTP": "true",
         "ALLOWED_ARTIFACT_ROOTS": str(staging),
-        **({"MLFLOW_ARTIFACT_LOCATION": store.direct_artifacts} if store.direct_artifacts else {}),
+        **({"SERVED_ARTIFACTS_DESTINATION": str(store.served_destination)} if store.served_destination else {}),
         **extra,
     }
 

@@ -63,6 +63,8 @@ TARGETS = {
     "requests_per_queued_job": {"ratio": "requests/queued job", "op": "<=", "limit": 16, "store": "postgres"},
     "throughput_2w_over_1w": {"ratio": "2w/1w jobs/s", "op": ">=", "limit": 1.7, "store": "postgres"},
 }
+#: --artifacts → mlflow_store(workers_write_artifacts=...): None follows docker-compose.yml
+WRITES = {"compose": None, "uploaded": False, "written": True}
 VARIANTS = ("bare", "bare_sig", "old", "registry", "registry_nogit", "queue_1w", "queue_2w")
 LABELS = {
     "bare": "1 bare MLflow (log_model + register_model)",
@@ -101,10 +103,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=13, help="seed of the per-round variant order")
     parser.add_argument(
         "--artifacts",
-        choices=("served", "direct"),
-        default="served",
-        help="server store: artifacts through the server (served, default) or written by the "
-        "clients straight to the artifact store (direct)",
+        choices=("compose", "uploaded", "written"),
+        default="compose",
+        help="server store: served artifacts uploaded through the server (uploaded), or written by the clients "
+        "straight into the server's folder (written, SERVED_ARTIFACTS_DESTINATION); default: as docker-compose.yml",
     )
     parser.add_argument("--quick", action="store_true", help="3 reps, 1 old rep, batches of 6, 1 throughput rep")
     parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "latest.json")
@@ -274,9 +276,12 @@ def bench_store(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     try:
         with (
             common.own_redis(work) as redis_url,
-            common.mlflow_store(kind, work, topology=topology, direct_artifacts=args.artifacts == "direct") as store,
+            common.mlflow_store(
+                kind, work, topology=topology, workers_write_artifacts=WRITES.get(args.artifacts)
+            ) as store,  # fmt: skip
             WebhookReceiver(common.SECRET) as receiver,
         ):
+            writes_artifacts = store.served_destination is not None
             common.activate(store.tracking_uri)
             model = common.make_model()
             requirements = common.explicit_requirements()
@@ -290,7 +295,7 @@ def bench_store(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             def make_registry(uri: str) -> HokusaiModelRegistry:
                 return HokusaiModelRegistry(uri, settings=Settings(
                     hokusai_home=work / "home", mlflow_tracking_uri=uri, redis_url=redis_url,
-                    mlflow_artifact_location=store.direct_artifacts))  # fmt: skip
+                    served_artifacts_destination=str(store.served_destination or "") or None))  # fmt: skip
 
             registry = make_registry(store.tracking_uri)
             queue = QueueBench(store, redis_url, model_dir, staging, receiver)
@@ -401,7 +406,8 @@ def bench_store(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         }
         for count, batches in throughput.items()
     }
-    return {"store": kind, "server": topology.describe() if topology else None, "variants": stats,
+    return {"store": kind, "server": topology.describe() if topology else None,
+            "clients_write_served_artifacts": writes_artifacts, "variants": stats,
             "samples_s": {name: [round(v, 5) for v in values] for name, values in samples.items()},
             "orders": orders, "throughput": tput, "queue_breakdown_1w": breakdown, "requests": requests,
             "versions_created": versions, "loadavg_before": load_before, "loadavg_during": rounds_load,
@@ -453,7 +459,7 @@ def count_requests(
                 paths[name] = _by_route(delta, jobs)
         finally:
             common.activate(store.tracking_uri)
-        proxied_store = common.Store(store.kind, proxy.url, store.work, store.backend, store.direct_artifacts)
+        proxied_store = common.Store(store.kind, proxy.url, store.work, store.backend, store.served_destination)
         env = common.worker_env(proxied_store, redis_url, receiver.url, staging)
         settings = common.producer_settings(redis_url, store.work / "producer", staging)
         with devstack.WorkerProcess(env, store.work / "logs", concurrency=1):

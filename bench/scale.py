@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.scale                          # compose, uvicorn-1, uvicorn-2; 1 and 2 workers
     .venv/bin/python -m bench.scale --topologies compose --workers 1,2,3 --batch 30 --reps 2
-    .venv/bin/python -m bench.scale --direct-artifacts        # + compose with artifacts written by the workers
+    .venv/bin/python -m bench.scale --uploads-too             # + compose with artifacts uploaded through the server
 
 For every topology: a new PostgreSQL database, ``mlflow server`` as the topology says (``compose`` =
 docker-compose.yml's flags and environment), a ``redis-server`` of its own, as many
@@ -30,8 +30,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--topologies", default="compose,uvicorn-1,uvicorn-2",
                         help="comma-separated: compose, " + ", ".join(common.TOPOLOGIES))  # fmt: skip
-    parser.add_argument("--direct-artifacts", action="store_true",
-                        help="also run compose with artifacts written by the workers to the store")  # fmt: skip
+    parser.add_argument("--uploads-too", action="store_true",
+                        help="also run compose with the artifacts stored the other way (uploaded through the "
+                             "server instead of written by the workers, SERVED_ARTIFACTS_DESTINATION)")  # fmt: skip
     parser.add_argument("--workers", default="1,2", help="worker process counts (default 1,2)")
     parser.add_argument("--batch", type=int, default=30, help="jobs per batch (default 30)")
     parser.add_argument("--reps", type=int, default=2, help="batches per worker count (default 2)")
@@ -47,20 +48,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_topology(name: str, args: argparse.Namespace, *, direct: bool) -> dict[str, Any]:
+def run_topology(name: str, args: argparse.Namespace, *, writes: bool) -> dict[str, Any]:
     from bench.run import QueueBench
     from devtools.receiver import WebhookReceiver
     from producers.enqueue import enqueue_registration
 
     topology = common.compose_topology() if name == "compose" else common.TOPOLOGIES[name]
-    label = f"{name} + direct artifacts" if direct else name
+    label = f"{name}, {'workers write artifacts' if writes else 'artifacts uploaded through the server'}"
     work = devstack.scratch_dir("hokusai-scale-")
     print(f"\n== {label}: {topology.describe()}", flush=True)
     batches: dict[str, list[dict[str, Any]]] = {str(n): [] for n in args.workers}
     try:
         with (
             common.own_redis(work) as redis_url,
-            common.mlflow_store("postgres", work, topology=topology, direct_artifacts=direct) as store,
+            common.mlflow_store("postgres", work, topology=topology, workers_write_artifacts=writes) as store,
             WebhookReceiver(common.SECRET) as receiver,
         ):
             common.activate(store.tracking_uri)
@@ -93,7 +94,7 @@ def run_topology(name: str, args: argparse.Namespace, *, direct: bool) -> dict[s
     medians = {n: round(statistics.median(b["jobs_per_s"] for b in bs), 3) for n, bs in batches.items() if bs}
     one = medians.get("1")
     return {
-        "topology": topology.describe(), "direct_artifacts": direct, "label": label,
+        "topology": topology.describe(), "workers_write_artifacts": writes, "label": label,
         "median_jobs_per_s": medians,
         "speedup_over_1_worker": {n: round(v / one, 3) for n, v in medians.items()} if one else None,
         "server_rss_mib": common.mib(server_rss), "batches": batches,
@@ -146,11 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     machine = common.machine_info()
     machine["loadavg_at_start"] = common.loadavg()
     started = time.perf_counter()
-    runs = [(name, False) for name in args.topologies] + ([("compose", True)] if args.direct_artifacts else [])
-    results = [run_topology(name, args, direct=direct) for name, direct in runs]
+    compose_writes = common.compose_topology().workers_write_artifacts  # every topology stores artifacts so
+    runs = [(name, compose_writes) for name in args.topologies]
+    runs += [("compose", not compose_writes)] if args.uploads_too else []
+    results = [run_topology(name, args, writes=writes) for name, writes in runs]
     report = {
         "benchmark": "bench.scale", "machine": machine,
-        "parameters": {"topologies": args.topologies, "direct_artifacts": args.direct_artifacts,
+        "parameters": {"topologies": args.topologies, "uploads_too": args.uploads_too,
                        "workers": args.workers, "batch": args.batch, "reps": args.reps},
         "results": results, "loadavg_at_end": common.loadavg(), "duration_s": round(time.perf_counter() - started, 1),
     }  # fmt: skip

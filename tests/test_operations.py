@@ -103,6 +103,24 @@ def test_doctor_says_what_is_wrong_and_how_to_fix_it(worker_env: dict[str, str])
     assert "ok  mlflow" in done.stdout
 
 
+# ---------------------------------------------------------------------------- MLflow defaults of a worker
+TELEMETRY_PROBE = (
+    "import {first}, mlflow; from mlflow.telemetry import get_telemetry_client; print(get_telemetry_client())"
+)
+
+
+@pytest.mark.parametrize(("first", "sends"), [("worker.celery_app", False), ("json", True)])
+def test_a_worker_sends_mlflow_no_usage_telemetry(first: str, sends: bool) -> None:
+    ci_markers = ("CI", "PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+    env = {k: v for k, v in os.environ.items() if k not in ci_markers}  # MLflow skips telemetry in CI itself
+    env["HOKUSAI_HOME"] = os.environ["HOKUSAI_HOME"]
+    done = subprocess.run([sys.executable, "-c", TELEMETRY_PROBE.format(first=first)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    client = done.stdout.strip().splitlines()[-1]
+    assert (client != "None") == sends, client  # plain `import mlflow` (json first) would send it
+
+
 # ---------------------------------------------------------------------------- demo
 def test_demo_runs_the_pipeline_and_starts_its_own_redis_when_none_answers(tmp_path: Path) -> None:
     env = {"HOKUSAI_HOME": str(tmp_path / "demo-home"), "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}

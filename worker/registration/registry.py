@@ -268,8 +268,11 @@ class HokusaiModelRegistry:
                     raise
                 self._known_models.discard(model_name)
             else:
-                link = [{"name": version.name, "version": version.version}]
-                self.client.set_logged_model_tags(model_info.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(link)})
+                link = {MLFLOW_MODEL_VERSIONS: json.dumps([{"name": version.name, "version": version.version}])}
+                # The tracking client's own call: MlflowClient's reads the model first (one more request)
+                # only to word its error, and this model was logged moments ago.
+                tracking = getattr(self.client, "_tracking_client", None) or self.client
+                tracking.set_logged_model_tags(model_info.model_id, link)
                 return version
         version = mlflow.register_model(model_info.model_uri, model_name, tags=tags)
         self._known_models.add(model_name)
