@@ -31,10 +31,9 @@ from hokusai_registry.contract import (
     webhook_task_id,
 )
 from hokusai_registry.errors import InvalidInputError, RetryableError
-from hokusai_registry.redis_client import connect
 from hokusai_registry.settings import Settings, get_settings
 from hokusai_registry.validation import validate_job
-from producers.broker import call_with_retry, publisher_app, results_app
+from producers.broker import call_with_retry, producer_redis, publisher_app, results_app
 
 #: ``<prefix><job_id>``: what the producer enqueued (kept as long as results), so an id that was
 #: never enqueued reads ``UNKNOWN`` rather than Celery's ``PENDING``.
@@ -75,7 +74,7 @@ def enqueue_registration(
     app = publisher_app(settings.redis_url)
     payload = job.model_dump(mode="json")
 
-    client = connect(settings.redis_url)
+    client = producer_redis(settings.redis_url)
 
     def publish() -> None:  # fresh signatures per attempt: apply_async mutates their options
         # Recorded first: a job that is published is always known (a record without a message

@@ -104,21 +104,34 @@ def test_doctor_says_what_is_wrong_and_how_to_fix_it(worker_env: dict[str, str])
 
 
 # ---------------------------------------------------------------------------- MLflow defaults of a worker
-TELEMETRY_PROBE = (
-    "import {first}, mlflow; from mlflow.telemetry import get_telemetry_client; print(get_telemetry_client())"
-)
+MLFLOW_PROBE = """
+import importlib.util, json, os, sys
+import {first}
+import mlflow
+from mlflow.telemetry import get_telemetry_client
+from mlflow.utils.databricks_utils import is_in_databricks_runtime
+print(json.dumps({{"telemetry": get_telemetry_client() is not None,
+                  "run_links": os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT") != "true",
+                  "remembered_absent": [n for n in ("pyspark", "dbruntime", "IPython") if n in sys.modules
+                                        and sys.modules[n] is None],
+                  "pyspark_spec": importlib.util.find_spec("pyspark") is not None,
+                  "databricks": is_in_databricks_runtime()}}))
+"""
 
 
-@pytest.mark.parametrize(("first", "sends"), [("worker.celery_app", False), ("json", True)])
-def test_a_worker_sends_mlflow_no_usage_telemetry(first: str, sends: bool) -> None:
-    ci_markers = ("CI", "PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+@pytest.mark.parametrize("first", ["worker.celery_app", "json"])
+def test_a_worker_runs_mlflow_without_telemetry_run_links_or_repeated_import_searches(first: str) -> None:
+    ci_markers = ("CI", "PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK",
+                  "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ci_markers}  # MLflow skips telemetry in CI itself
-    env["HOKUSAI_HOME"] = os.environ["HOKUSAI_HOME"]
-    done = subprocess.run([sys.executable, "-c", TELEMETRY_PROBE.format(first=first)], env=env, cwd=ROOT,
+    done = subprocess.run([sys.executable, "-c", MLFLOW_PROBE.format(first=first)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    client = done.stdout.strip().splitlines()[-1]
-    assert (client != "None") == sends, client  # plain `import mlflow` (json first) would send it
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    worker = first == "worker.celery_app"  # `json` first: plain MLflow, which has all three
+    assert seen["telemetry"] is not worker and seen["run_links"] is not worker, seen
+    assert seen["remembered_absent"] == (["pyspark", "dbruntime", "IPython"] if worker else []), seen
+    assert seen["pyspark_spec"] is False and seen["databricks"] is False, "MLflow's own checks still work"
 
 
 # ---------------------------------------------------------------------------- demo

@@ -15,18 +15,9 @@ from hokusai_registry import log
 from hokusai_registry.contract import stamp_enqueued_at
 from hokusai_registry.errors import ConfigurationError
 from hokusai_registry.settings import Settings, get_settings, settings_or_exit
+from worker import mlflow_defaults
 
-# One retry layer per call: Celery owns the long backoff between attempts, so MLflow's own
-# HTTP client should fail fast instead of retrying for minutes inside one attempt.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
-# A worker does not phone home: MLflow's usage telemetry (a thread posting to mlflow.org from every
-# process) is off unless the operator sets MLFLOW_DISABLE_TELEMETRY=false. Decided when mlflow is
-# first imported, which happens after this module.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-# No "View run at ..." line per job: it costs a runs/get request to the tracking server on every end_run.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+mlflow_defaults.apply()  # before anything imports mlflow
 
 
 def prepare_metrics_dir(settings: Settings) -> None:
