@@ -333,6 +333,11 @@ TOPOLOGIES = {
     "uvicorn-default": ServerTopology("uvicorn-default (4 processes, job runner on)", None),
     "gunicorn-1": ServerTopology("gunicorn-1", 1, GTHREAD, NO_JOB_RUNNER),
     "gunicorn-2": ServerTopology("gunicorn-2", 2, GTHREAD, NO_JOB_RUNNER),
+    # Connections closed after each answer: the next request goes to whichever process accepts it.
+    "gthread-2-close": ServerTopology(
+        "gthread-2-close", 2, ("--gunicorn-opts", "--worker-class gthread --threads 4 --timeout 120 --keep-alive 0"),
+        NO_JOB_RUNNER),  # fmt: skip
+    "sync-2": ServerTopology("sync-2", 2, ("--gunicorn-opts", "--worker-class sync --timeout 120"), NO_JOB_RUNNER),
 }
 
 

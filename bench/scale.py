@@ -16,6 +16,7 @@ rest of the machine used. Writes ``bench/results/scale-latest.json`` and ``bench
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -54,6 +55,7 @@ def run_topology(name: str, args: argparse.Namespace, *, writes: bool) -> dict[s
     from producers.enqueue import enqueue_registration
 
     topology = common.compose_topology() if name == "compose" else common.TOPOLOGIES[name]
+    topology = dataclasses.replace(topology, workers_write_artifacts=writes)
     label = f"{name}, {'workers write artifacts' if writes else 'artifacts uploaded through the server'}"
     work = devstack.scratch_dir("hokusai-scale-")
     print(f"\n== {label}: {topology.describe()}", flush=True)
