@@ -335,8 +335,11 @@ TOPOLOGIES = {
     "gunicorn-2": ServerTopology("gunicorn-2", 2, GTHREAD, NO_JOB_RUNNER),
     # Connections closed after each answer: the next request goes to whichever process accepts it.
     "gthread-2-close": ServerTopology(
-        "gthread-2-close", 2, ("--gunicorn-opts", "--worker-class gthread --threads 4 --timeout 120 --keep-alive 0"),
-        NO_JOB_RUNNER),  # fmt: skip
+        "gthread-2-close",
+        2,
+        ("--gunicorn-opts", "--worker-class gthread --threads 4 --timeout 120 --keep-alive 0"),
+        NO_JOB_RUNNER,
+    ),
     "sync-2": ServerTopology("sync-2", 2, ("--gunicorn-opts", "--worker-class sync --timeout 120"), NO_JOB_RUNNER),
 }
 
