@@ -341,6 +341,7 @@ TOPOLOGIES = {
         NO_JOB_RUNNER,
     ),
     "sync-2": ServerTopology("sync-2", 2, ("--gunicorn-opts", "--worker-class sync --timeout 120"), NO_JOB_RUNNER),
+    "sync-4": ServerTopology("sync-4", 4, ("--gunicorn-opts", "--worker-class sync --timeout 120"), NO_JOB_RUNNER),
 }
 
 

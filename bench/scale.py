@@ -1,25 +1,30 @@
 """Throughput against worker processes, for each way of running the tracking server (+ a PNG plot).
 
-    .venv/bin/python -m bench.scale                          # compose, uvicorn-1, uvicorn-2; 1 and 2 workers
-    .venv/bin/python -m bench.scale --topologies compose --workers 1,2,3 --batch 30 --reps 2
-    .venv/bin/python -m bench.scale --uploads-too             # + compose with artifacts uploaded through the server
+    .venv/bin/python -m bench.scale            # compose, gthread-2-close, sync-2, uvicorn-1; 1 and 2 workers
+    .venv/bin/python -m bench.scale --topologies compose,gunicorn-2,sync-2 --workers 1,2,3 --batch 30 --reps 3
+    .venv/bin/python -m bench.scale --uploads-too   # + compose with artifacts uploaded through the server
 
 For every topology: a new PostgreSQL database, ``mlflow server`` as the topology says (``compose`` =
 docker-compose.yml's flags and environment), a ``redis-server`` of its own, as many
 ``celery -A worker worker`` processes (concurrency 1) as the largest worker count, a local webhook
-receiver. Batches of ``--batch`` jobs are enqueued at once and timed until the receiver accepted
-every event; worker counts alternate order between repetitions (consumers toggled with Celery remote
-control). Each batch records CPU seconds per job of workers, server, PostgreSQL, Redis and what the
-rest of the machine used. Writes ``bench/results/scale-latest.json`` and ``bench/results/scale.png``.
+receiver. All topologies run side by side; every round measures each (topology, worker count) once,
+in an order shuffled anew every round (``--seed``), so a slow minute of the machine does not fall on
+one topology. A batch of ``--batch`` jobs is enqueued at once and timed until the receiver accepted
+every event (idle worker processes' consumers toggled with Celery remote control). Each batch
+records CPU seconds per job of workers, server, PostgreSQL, Redis and what the rest of the machine
+used. Writes ``bench/results/scale-latest.json`` and ``bench/results/scale.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import random
+import shutil
 import statistics
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +34,15 @@ from devtools import devstack
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--topologies", default="compose,uvicorn-1,uvicorn-2",
+    parser.add_argument("--topologies", default="compose,gthread-2-close,sync-2,uvicorn-1",
                         help="comma-separated: compose, " + ", ".join(common.TOPOLOGIES))  # fmt: skip
     parser.add_argument("--uploads-too", action="store_true",
                         help="also run compose with the artifacts stored the other way (uploaded through the "
                              "server instead of written by the workers, SERVED_ARTIFACTS_DESTINATION)")  # fmt: skip
     parser.add_argument("--workers", default="1,2", help="worker process counts (default 1,2)")
     parser.add_argument("--batch", type=int, default=30, help="jobs per batch (default 30)")
-    parser.add_argument("--reps", type=int, default=2, help="batches per worker count (default 2)")
+    parser.add_argument("--reps", type=int, default=3, help="rounds: batches per topology and worker count (default 3)")
+    parser.add_argument("--seed", type=int, default=13, help="seed of the per-round order")
     parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "scale-latest.json")
     parser.add_argument("--plot", type=Path, default=common.RESULTS_DIR / "scale.png")
     parser.add_argument("--replot", action="store_true", help="only draw the plot again from --output's JSON")
@@ -49,7 +55,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_topology(name: str, args: argparse.Namespace, *, writes: bool) -> dict[str, Any]:
+@dataclasses.dataclass
+class Stack:
+    """One topology's running stack: its own Redis, database, server, workers and receiver."""
+
+    label: str
+    topology: common.ServerTopology
+    writes: bool
+    store: common.Store
+    queue: Any
+    batches: dict[str, list[dict[str, Any]]]
+
+
+def start_stack(stack: ExitStack, name: str, args: argparse.Namespace, *, writes: bool) -> Stack:
+    """Start one topology (left running until ``stack`` closes) and warm every worker process up."""
     from bench.run import QueueBench
     from devtools.receiver import WebhookReceiver
     from producers.enqueue import enqueue_registration
@@ -58,49 +77,64 @@ def run_topology(name: str, args: argparse.Namespace, *, writes: bool) -> dict[s
     topology = dataclasses.replace(topology, workers_write_artifacts=writes)
     label = f"{name}, {'workers write artifacts' if writes else 'artifacts uploaded through the server'}"
     work = devstack.scratch_dir("hokusai-scale-")
-    print(f"\n== {label}: {topology.describe()}", flush=True)
-    batches: dict[str, list[dict[str, Any]]] = {str(n): [] for n in args.workers}
-    try:
-        with (
-            common.own_redis(work) as redis_url,
-            common.mlflow_store("postgres", work, topology=topology, workers_write_artifacts=writes) as store,
-            WebhookReceiver(common.SECRET) as receiver,
-        ):
-            common.activate(store.tracking_uri)
-            staging = work / "staging"
-            staging.mkdir(parents=True)
-            model_dir = common.stage_model(common.make_model(), staging, common.explicit_requirements())
-            queue = QueueBench(store, redis_url, model_dir, staging, receiver, workers=max(args.workers))
-            queue.start()
-            try:
-                warm = 2 * max(args.workers)  # every worker process opens its store before timing
-                for _ in range(warm):
-                    enqueue_registration(common.job_fields(model_dir), settings=queue.settings)
-                receiver.wait_for(warm, timeout_s=300)
-                for rep in range(args.reps):
-                    for count in args.workers if rep % 2 == 0 else list(reversed(args.workers)):
-                        queue.use(count)
-                        outcome = queue.batch(args.batch)
-                        outcome["loadavg"] = common.loadavg()
-                        batches[str(count)].append(outcome)
-                        print(f"  {count} worker(s): {outcome['jobs_per_s']:.2f} jobs/s; CPU ms/job "
-                              f"{outcome['cpu_ms_per_job']}; other processes {outcome['other_processes_cores_busy']}"
-                              f" cores", flush=True)  # fmt: skip
-                server_rss = common.rss_of(store.process_groups().get("mlflow_server", []))
-            finally:
-                queue.stop()
-    finally:
-        import shutil
+    stack.callback(shutil.rmtree, work, ignore_errors=True)
+    print(f"\n== starting {label}: {topology.describe()}", flush=True)
+    redis_url = stack.enter_context(common.own_redis(work))
+    store = stack.enter_context(
+        common.mlflow_store("postgres", work, topology=topology, workers_write_artifacts=writes)
+    )
+    receiver = stack.enter_context(WebhookReceiver(common.SECRET))
+    staging = work / "staging"
+    staging.mkdir(parents=True)
+    model_dir = common.stage_model(common.make_model(), staging, common.explicit_requirements())
+    queue = QueueBench(store, redis_url, model_dir, staging, receiver, workers=max(args.workers))
+    queue.start()
+    stack.callback(queue.stop)
+    warm = 2 * max(args.workers)  # every worker process opens its store before timing
+    for _ in range(warm):
+        enqueue_registration(common.job_fields(model_dir), settings=queue.settings)
+    receiver.wait_for(warm, timeout_s=300)
+    return Stack(label, topology, writes, store, queue, {str(n): [] for n in args.workers})
 
-        shutil.rmtree(work, ignore_errors=True)
-    medians = {n: round(statistics.median(b["jobs_per_s"] for b in bs), 3) for n, bs in batches.items() if bs}
-    one = medians.get("1")
-    return {
-        "topology": topology.describe(), "workers_write_artifacts": writes, "label": label,
-        "median_jobs_per_s": medians,
-        "speedup_over_1_worker": {n: round(v / one, 3) for n, v in medians.items()} if one else None,
-        "server_rss_mib": common.mib(server_rss), "batches": batches,
-    }  # fmt: skip
+
+def run_rounds(stacks: list[Stack], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every (topology, worker count) batch once per round, in an order shuffled anew every round.
+
+    All stacks run side by side (idle ones wait on their own Redis), so a slow minute of the machine
+    falls on a random mix of topologies instead of on whichever was measured then.
+    """
+    rng = random.Random(args.seed)
+    pairs = [(stack, count) for stack in stacks for count in args.workers]
+    orders = []
+    for round_no in range(args.reps):
+        rng.shuffle(pairs)
+        orders.append([f"{stack.label} / {count}" for stack, count in pairs])
+        for stack, count in pairs:
+            stack.queue.use(count)
+            outcome = stack.queue.batch(args.batch)
+            outcome["loadavg"] = common.loadavg()
+            outcome["round"] = round_no
+            stack.batches[str(count)].append(outcome)
+            print(f"  round {round_no + 1}: {stack.label} {count} worker(s): {outcome['jobs_per_s']:.2f} jobs/s; "
+                  f"CPU ms/job {outcome['cpu_ms_per_job']}; other processes {outcome['other_processes_cores_busy']}"
+                  " cores", flush=True)  # fmt: skip
+    results = []
+    for stack in stacks:
+        medians = {n: round(statistics.median(b["jobs_per_s"] for b in bs), 3) for n, bs in stack.batches.items() if bs}
+        one = medians.get("1")
+        same_round = [  # 2w/1w within each round: the two batches ran minutes apart at most
+            round(two["jobs_per_s"] / first["jobs_per_s"], 3)
+            for first, two in zip(stack.batches.get("1", []), stack.batches.get("2", []), strict=False)
+        ]
+        results.append({
+            "topology": stack.topology.describe(), "workers_write_artifacts": stack.writes, "label": stack.label,
+            "median_jobs_per_s": medians,
+            "speedup_over_1_worker": {n: round(v / one, 3) for n, v in medians.items()} if one else None,
+            "speedup_2w_per_round": same_round,
+            "server_rss_mib": common.mib(common.rss_of(stack.store.process_groups().get("mlflow_server", []))),
+            "batches": stack.batches,
+        })  # fmt: skip
+    return results
 
 
 def plot(results: list[dict[str, Any]], path: Path, machine: dict[str, Any]) -> None:
@@ -152,11 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     compose_writes = common.compose_topology().workers_write_artifacts  # every topology stores artifacts so
     runs = [(name, compose_writes) for name in args.topologies]
     runs += [("compose", not compose_writes)] if args.uploads_too else []
-    results = [run_topology(name, args, writes=writes) for name, writes in runs]
+    with ExitStack() as stack:
+        stacks = [start_stack(stack, name, args, writes=writes) for name, writes in runs]
+        results = run_rounds(stacks, args)
     report = {
         "benchmark": "bench.scale", "machine": machine,
-        "parameters": {"topologies": args.topologies, "uploads_too": args.uploads_too,
-                       "workers": args.workers, "batch": args.batch, "reps": args.reps},
+        "parameters": {"topologies": args.topologies, "uploads_too": args.uploads_too, "workers": args.workers,
+                       "batch": args.batch, "reps": args.reps, "seed": args.seed},
         "results": results, "loadavg_at_end": common.loadavg(), "duration_s": round(time.perf_counter() - started, 1),
     }  # fmt: skip
     common.write_json(args.output, report)
