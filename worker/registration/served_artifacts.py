@@ -10,7 +10,7 @@ needs no access to ``D``.
 
 Before its first direct access a process checks that it and the server see the same store: it
 writes a probe file under ``D`` and looks for it through the server. If the server does not
-return it (another folder or bucket, a server with workspaces), the process logs an error naming
+list it (another folder or bucket, a server with workspaces), the process logs an error naming
 the setting and goes on through the server, so nothing is written where readers cannot find it.
 :func:`check_destination` runs the same check for ``hokusai-registry doctor``.
 """
@@ -57,7 +57,7 @@ def install(destination: str) -> None:
 
 
 def uninstall() -> None:
-    """Back to MLflow's own proxied repository (tests, and a registry built without the setting)."""
+    """Back to MLflow's own proxied repository (the tests reset it between tests)."""
     global _destination
     with _lock:
         _destination = None
