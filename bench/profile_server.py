@@ -35,8 +35,8 @@ CONFIGS: dict[str, tuple[int | None, list[str], dict[str, str]]] = {
     "uvicorn --workers 1": (1, [], NO_JOBS),
     "uvicorn --workers 2": (2, [], NO_JOBS),
     "uvicorn --workers 2, listening socket TCP_NODELAY": (2, [], NO_JOBS),
-    "gunicorn sync --workers 2": (2, ["--gunicorn-opts", "--timeout 120"], NO_JOBS),
-    "gunicorn gthread --workers 2 --threads 4 (compose)": (2, ["--gunicorn-opts", GTHREAD], NO_JOBS),
+    "gunicorn sync --workers 2 (compose)": (2, ["--gunicorn-opts", "--worker-class sync --timeout 120"], NO_JOBS),
+    "gunicorn gthread --workers 2 --threads 4": (2, ["--gunicorn-opts", GTHREAD], NO_JOBS),
 }  # fmt: skip
 
 
