@@ -162,7 +162,7 @@ def test_a_failed_job_retried_from_the_cli_registers_with_the_same_id(
     import shutil
 
     from tests.queue_helpers import client_app, save_model_dir, wait_result
-    from tests.worker_process import WorkerProcess
+    from tests.worker_process import WorkerProcess, wait_until
 
     model_dir = save_model_dir(sk_model, staging)
     kept = tmp_path / "kept-model"
@@ -173,8 +173,9 @@ def test_a_failed_job_retried_from_the_cli_registers_with_the_same_id(
     app = client_app(redis_url)
     with WorkerProcess(worker_env, tmp_path) as worker:
         assert wait_result(app, job_id).state == "FAILURE", worker.log_tail()
-        record = failed_jobs.get_failure(client, job_id)
-        assert record is not None and record.task == REGISTER_TASK and record.job is not None
+        # Celery stores FAILURE, then calls on_failure, which records the job: moments apart
+        record = wait_until(lambda: failed_jobs.get_failure(client, job_id), timeout_s=30, what="the failure record")
+        assert record.task == REGISTER_TASK and record.job is not None
 
         shutil.copytree(kept, model_dir)  # the operator fixed the cause
         result = run("jobs", "retry", job_id)
@@ -182,7 +183,6 @@ def test_a_failed_job_retried_from_the_cli_registers_with_the_same_id(
         assert result.stdout.strip() == job_id
         assert failed_jobs.get_failure(client, job_id) is None
         from producers.enqueue import job_status
-        from tests.worker_process import wait_until
 
         # job_status reads the backend uncached: this process already saw the first run's FAILURE
         done = wait_until(
