@@ -293,9 +293,10 @@ def bench_store(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             old_experiment = common.bench_experiment(store, "bench-old")
 
             def make_registry(uri: str) -> HokusaiModelRegistry:
+                destination = str(store.served_destination) if store.served_destination else None
                 return HokusaiModelRegistry(uri, settings=Settings(
                     hokusai_home=work / "home", mlflow_tracking_uri=uri, redis_url=redis_url,
-                    served_artifacts_destination=str(store.served_destination or "") or None))  # fmt: skip
+                    served_artifacts_destination=destination))  # fmt: skip
 
             registry = make_registry(store.tracking_uri)
             queue = QueueBench(store, redis_url, model_dir, staging, receiver)

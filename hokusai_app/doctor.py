@@ -14,7 +14,7 @@ from hokusai_registry.contract import CELERY_WIRE_SETTINGS
 from hokusai_registry.errors import ConfigurationError
 from hokusai_registry.redaction import redact_url
 from hokusai_registry.redis_client import connect
-from hokusai_registry.settings import Settings
+from hokusai_registry.settings import Settings, is_tracking_server
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -60,7 +60,7 @@ def check_served_artifacts(settings: Settings) -> Check | None:
     destination = settings.served_artifacts_destination
     if destination is None:
         return None
-    if not settings.tracking_uri.startswith(("http://", "https://")):
+    if not is_tracking_server(settings.tracking_uri):
         return Check("served artifacts", "warn",
                      "SERVED_ARTIFACTS_DESTINATION is set but the tracking URI is not a server: it is not used",
                      "unset it, or point MLFLOW_TRACKING_URI at the server")  # fmt: skip

@@ -42,6 +42,11 @@ DEFAULT_ARTIFACT_SCHEMES = (
 )
 
 
+def is_tracking_server(uri: str) -> bool:
+    """True for an ``http(s)://`` MLflow tracking server, False for a local store (sqlite, file)."""
+    return uri.startswith(("http://", "https://"))
+
+
 class FileVariables(PydanticBaseSettingsSource):
     """``<NAME>_FILE``: any setting read from a file (compose/Docker secrets), the one rule for all of them.
 
@@ -306,7 +311,7 @@ class Settings(BaseSettings):
         """Artifact location for new experiments, or None to let a tracking server choose."""
         if self.mlflow_artifact_location:
             return self.mlflow_artifact_location
-        if self.tracking_uri.startswith(("http://", "https://")):
+        if is_tracking_server(self.tracking_uri):
             return None
         return (self.hokusai_home / "artifacts").resolve().as_uri()
 

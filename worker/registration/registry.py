@@ -28,7 +28,7 @@ from hokusai_registry.contract import MODEL_TYPES, BaselineRef
 from hokusai_registry.errors import InvalidInputError, ModelNotFoundError, RegistryUnavailableError
 from hokusai_registry.flavors import flavor_for
 from hokusai_registry.redaction import redact_url
-from hokusai_registry.settings import Settings, get_settings
+from hokusai_registry.settings import Settings, get_settings, is_tracking_server
 from worker.registration import compat, lineage, model_inputs, served_artifacts, signatures
 from worker.registration.mlflow_errors import mlflow_boundary
 
@@ -55,7 +55,7 @@ def default_artifact_location(tracking_uri: str, settings: Settings) -> str | No
         return settings.mlflow_artifact_location
     if tracking_uri.startswith("sqlite:///"):
         return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
-    if tracking_uri.startswith(("http://", "https://")):
+    if is_tracking_server(tracking_uri):
         # The registry's URI, not MLFLOW_TRACKING_URI: a local folder would strand artifacts on this host.
         return None
     return settings.artifact_location
@@ -84,7 +84,7 @@ class HokusaiModelRegistry:
         logger.log(level, "MLflow store: %s (from %s)", shown, source)
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        if self.settings.served_artifacts_destination and self.tracking_uri.startswith(("http://", "https://")):
+        if self.settings.served_artifacts_destination and is_tracking_server(self.tracking_uri):
             served_artifacts.install(self.settings.served_artifacts_destination)
         self._activate()
         with mlflow_boundary("opening the MLflow store"):  # a local store is opened (and migrated) here
