@@ -135,10 +135,48 @@ def test_register_baseline_captures_model_info(
     assert registered_at == datetime.fromtimestamp(version.creation_timestamp / 1000, tz=UTC)
     assert before.replace(microsecond=0) <= registered_at <= datetime.now(UTC)
     assert result["run_id"] == version.run_id == logged.source_run_id
-    assert client.get_run(result["run_id"]).info.status == "FINISHED"
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "hokusai_classification_baseline"
+    assert [o.model_id for o in run.outputs.model_outputs] == [result["model_uuid"]]  # the run's logged model
+    assert mlflow.models.get_model_info(result["model_uri"]).run_id == result["run_id"]  # in its MLmodel too
+    assert logged.params == {"owner": "team-a"}  # searchable with search_logged_models; not the run's params
+    assert run.data.params["metadata_owner"] == "team-a" and run.data.params["model_type"] == "classification"
     assert version.tags["model_uuid"] == result["model_uuid"]
     assert version.tags["model_type"] == "classification"
     assert version.tags["is_baseline"] == "true"
+
+
+class _Unpicklable(mlflow.pyfunc.PythonModel):
+    """A model whose saving fails after its run and LoggedModel exist (a lock cannot be pickled)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+
+    def predict(self, context: Any, model_input: list[Any]) -> list[Any]:
+        return model_input
+
+
+def test_failed_save_marks_run_and_logged_model_failed(registry: HokusaiModelRegistry, tracking_uri: str) -> None:
+    with pytest.raises(Exception, match=r"(?i)pickl|serializ"):
+        registry.register_baseline(_Unpicklable(), "classification", {}, pip_requirements=["mlflow"])
+
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([registry.experiment_id()], run_view_type=ViewType.ALL)
+    (logged,) = client.search_logged_models([registry.experiment_id()])
+    assert run.info.status == "FAILED"
+    assert str(logged.status) == "FAILED" and logged.source_run_id == run.info.run_id
+    assert client.search_model_versions("name = 'hokusai_classification_baseline'") == []
+
+
+def test_refuses_while_a_caller_run_is_active(registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any) -> None:
+    with mlflow.start_run() as caller_run, pytest.raises(InvalidInputError, match="run is active in this thread") as e:
+        registry.register_baseline(sk_model, "classification", {})
+    assert caller_run.info.run_id in str(e.value)
+    assert MlflowClient(tracking_uri).get_run(caller_run.info.run_id).outputs.model_outputs == []
+    assert MlflowClient(tracking_uri).search_model_versions("name = 'hokusai_classification_baseline'") == []
 
 
 def test_exactly_one_version_per_call(registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any) -> None:
@@ -558,6 +596,8 @@ def test_improved_model_tags_and_contributor_lookup(
     assert version.tags["is_baseline"] == "false"
     assert version.tags["model_uuid"] == first["model_uuid"]
     assert client.get_run(second["run_id"]).data.metrics == {"rmse": -0.5, "mae": -0.1}
+    linked = client.get_logged_model(second["model_uuid"]).metrics or []
+    assert {m.key: m.value for m in linked} == {"rmse": -0.5, "mae": -0.1}  # the metrics are the model's too
     assert (first["baseline_id"], first["contributor"], first["delta_metrics"]) == (
         "hokusai_classification_baseline/1",
         mixed_case,

@@ -72,11 +72,6 @@ class CopiedModelFlavor:
         self.source_config = source_config
         self.pip_requirements = pip_requirements
 
-    @property
-    def primary_flavor(self) -> str:
-        flavors = [name for name in self.source_config.flavors if name != "python_function"]
-        return flavors[0] if flavors else "python_function"
-
     def save_model(self, path: str, mlflow_model: Any, signature: Any = None, **_: Any) -> None:
         """Copy the source folder to ``path`` and write the merged ``MLmodel``."""
         shutil.copytree(self.source_dir, path, ignore=shutil.ignore_patterns(MLMODEL_FILE, "__pycache__"))

@@ -29,7 +29,7 @@ from hokusai_registry.errors import InvalidJobError, SignatureError
 from hokusai_registry.settings import Settings
 from worker.registration import artifacts, attempts, signatures
 from worker.registration.mlflow_errors import mlflow_boundary
-from worker.registration.registry import TAG_JOB_ID, TAG_MODEL_TYPE, HokusaiModelRegistry
+from worker.registration.registry import TAG_JOB_ID, TAG_MODEL_TYPE, HokusaiModelRegistry, ModelToLog
 
 logger = logging.getLogger(__name__)
 
@@ -79,27 +79,19 @@ def register_job(
     if logged is not None:
         logger.info("resuming job: logged model %s exists, registering it", logged.model_uuid)
         result = registry.register_logged(
-            _unused_logger, signature=None, input_example=None, existing_model_info=logged, **target
+            None, signature=None, input_example=None, existing_model_info=logged, **target
         )
         return _job_result(result, job, replayed=False)
 
     with artifacts.fetched_model(job.artifact_uri) as model_dir:
         config = artifacts.read_model_config(model_dir)
         flavor = artifacts.CopiedModelFlavor(model_dir, config, job.pip_requirements)
-
-        def log_model(log_kwargs: dict[str, Any]) -> Any:
-            log_kwargs = dict(log_kwargs)
-            log_kwargs.pop("input_example", None)  # validated above; the model keeps its own example
-            return mlflow.models.Model.log(
-                artifact_path=None,  # deprecated in 3.x in favour of name=, but still positional
-                flavor=flavor,
-                flavor_name=flavor.primary_flavor,
-                validate_serving_input=False,  # would load (unpickle) the model
-                **log_kwargs,
-            )
+        # validate_serving_input would load (unpickle) the model; the job's input example is
+        # validated against the signature, and the copied model keeps its own.
+        to_log = ModelToLog(flavor, {"validate_serving_input": False}, log_input_example=False)
 
         result = registry.register_logged(
-            log_model,
+            to_log,
             signature=_effective_signature(job, config),
             input_example=job.input_example,
             extra_logged_model_tags={TAG_JOB_ID: job_id},
@@ -188,10 +180,6 @@ def _previous_attempt_model(registry: HokusaiModelRegistry, job_id: str) -> Any:
                 registry.client.finalize_logged_model(model.model_id, status=LoggedModelStatus.FAILED)
                 logger.warning("logged model %s of an interrupted attempt marked FAILED", model.model_id)
         return None
-
-
-def _unused_logger(_: dict[str, Any]) -> Any:
-    raise AssertionError("not called when existing_model_info is given")
 
 
 def job_of_result(result: dict[str, Any]) -> RegistrationJob:
