@@ -173,9 +173,8 @@ def test_a_failed_job_retried_from_the_cli_registers_with_the_same_id(
     app = client_app(redis_url)
     with WorkerProcess(worker_env, tmp_path) as worker:
         assert wait_result(app, job_id).state == "FAILURE", worker.log_tail()
-        # Celery stores FAILURE, then calls on_failure, which records the job: moments apart
-        record = wait_until(lambda: failed_jobs.get_failure(client, job_id), timeout_s=30, what="the failure record")
-        assert record.task == REGISTER_TASK and record.job is not None
+        record = failed_jobs.get_failure(client, job_id)  # recorded before Celery stored FAILURE
+        assert record is not None and record.task == REGISTER_TASK and record.job is not None
 
         shutil.copytree(kept, model_dir)  # the operator fixed the cause
         result = run("jobs", "retry", job_id)
@@ -192,3 +191,39 @@ def test_a_failed_job_retried_from_the_cli_registers_with_the_same_id(
         )
         assert done["result"]["job_id"] == job_id
     assert failed_jobs.get_failure(client, job_id) is None
+
+
+def test_a_failed_job_is_recorded_before_celery_stores_failure(
+    worker_env: dict[str, str], redis_url: str, staging: Any, sk_model: Any, tmp_path: Any
+) -> None:
+    """Whoever sees FAILURE (``jobs status``) finds the job in ``jobs failed``: Redis's own order of writes."""
+    import shutil
+    import threading
+
+    from tests.queue_helpers import client_app, save_model_dir, wait_result
+    from tests.worker_process import WorkerProcess
+
+    model_dir = save_model_dir(sk_model, staging)
+    job_id = enqueue_registration(job_fields(artifact_uri=str(model_dir), model_type="classification"))
+    shutil.rmtree(model_dir)  # it fails for good
+    commands: list[str] = []
+    watcher = connect(redis_url)
+
+    def watch() -> None:  # MONITOR: every command the server executes, in its order
+        try:
+            with watcher.monitor() as monitor:
+                for entry in monitor.listen():
+                    if job_id in entry["command"]:
+                        commands.append(entry["command"][:200])
+        except (redis.RedisError, ValueError):
+            pass  # the connection is closed when the test ends
+
+    threading.Thread(target=watch, daemon=True).start()
+    with WorkerProcess(worker_env, tmp_path) as worker:
+        assert wait_result(client_app(redis_url), job_id).state == "FAILURE", worker.log_tail()
+    watcher.close()
+    record_writes = [i for i, c in enumerate(commands) if c.startswith("HSET") and failed_jobs.FAILED_JOBS_KEY in c]
+    failure_states = [i for i, c in enumerate(commands) if f"celery-task-meta-{job_id}" in c and '"FAILURE"' in c]
+    assert record_writes and failure_states, commands
+    assert record_writes[0] < failure_states[0], commands
+    assert len(record_writes) == 1, commands  # once: on_failure sees the body recorded it

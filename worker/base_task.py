@@ -1,8 +1,10 @@
 """The base class of every task: one failure-recording path and one retry decision.
 
 A task that fails for good (a ``PermanentError``, a retryable one whose retries ran out, or an
-unknown exception that is not transient by its cause chain) reaches :meth:`HokusaiTask.on_failure`,
-which writes the failed-jobs record (``hokusai-registry jobs failed`` / ``jobs retry``).
+unknown exception that is not transient by its cause chain) gets a failed-jobs record
+(``hokusai-registry jobs failed`` / ``jobs retry``), written before Celery stores the FAILURE
+state, so a job that reads FAILURE is always listed. Failures outside the task body (a killed
+pool process, the hard time limit) are recorded by :meth:`HokusaiTask.on_failure`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import redis
 from celery import Task
+from celery.exceptions import Ignore, Reject, Retry
 
 from hokusai_registry import failed_jobs
 from hokusai_registry.contract import REGISTER_TASK
@@ -44,8 +47,30 @@ class HokusaiTask(Task):
         logger.warning("attempt %d failed (%s); retrying in %.1fs", failed_attempt, exc, delay)
         return delay
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task body; an exception that ends the task is recorded before it propagates.
+
+        Celery stores the FAILURE state and only then calls ``on_failure``: recording there left a
+        moment in which ``jobs status`` said FAILURE and ``jobs failed`` did not list the job.
+        (``self.run`` directly, as Celery calls a task without a ``__call__`` of its own: the
+        worker has pushed this request already.)
+        """
+        try:
+            return self.run(*args, **kwargs)
+        except (Retry, Ignore, Reject):
+            raise  # not a failure: retried, or deliberately left alone
+        except Exception as exc:
+            self._record_failure(exc, str(self.request.id), args)
+            self.request.hokusai_failure_recorded = True
+            raise
+
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        """Record the failure (never raising: a Redis outage is logged, the result still says FAILURE)."""
+        """Record a failure the task body did not see (its pool process was killed, the hard time limit)."""
+        if not getattr(self.request, "hokusai_failure_recorded", False):
+            self._record_failure(exc, task_id, args)
+
+    def _record_failure(self, exc: BaseException, task_id: str, args: Any) -> None:
+        """Write the failed-jobs record (never raising: a Redis outage is logged, the result still says FAILURE)."""
         if not self.record_failures or isinstance(exc, WebhookDeadLetteredError):
             return  # a dead-lettered event is kept (and replayed) by the event store, not here
         payload = args[0] if args else None
