@@ -103,6 +103,20 @@ def bootstrap_difference_ms(top: list[float], bottom: list[float], *, rounds: in
     return round(1000 * diffs[int(0.025 * rounds)], 2), round(1000 * diffs[int(0.975 * rounds) - 1], 2)
 
 
+def bootstrap_paired_difference_ms(
+    top: list[float], bottom: list[float], *, rounds: int = 2000, seed: int = 13
+) -> tuple[float, float] | None:
+    """95% bootstrap interval of the median of ``top[i] - bottom[i]`` (rounds resampled), in ms."""
+    import random
+
+    diffs = [a - b for a, b in zip(top, bottom, strict=True)]
+    if not diffs:
+        return None
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(diffs, k=len(diffs))) for _ in range(rounds))
+    return round(1000 * medians[int(0.025 * rounds)], 2), round(1000 * medians[int(0.975 * rounds) - 1], 2)
+
+
 def loadavg() -> str | None:
     try:
         return Path("/proc/loadavg").read_text().strip()

@@ -26,7 +26,11 @@ anew every round (seeded, ``--seed``):
    with Celery remote control).
 
 Then throughput: a batch of ``--batch`` jobs enqueued at once, 1 worker vs 2 worker processes
-(concurrency 1 each), alternated ``--throughput-reps`` times; then, outside every timing, the
+(concurrency 1 each), alternated ``--throughput-reps`` times (1w then 2w, then 2w then 1w, ...).
+The verdicts on the queue path and on 2w/1w use estimates paired by round: the median of the
+per-round differences queue_1w - bare, and the median of each throughput round's 2w/1w, so a
+slow minute of the machine weighs on both sides of a comparison; the unpaired ones (difference
+and ratio of the medians) are reported beside them. Then, outside every timing, the
 HTTP requests each variant and each queued job makes to the tracking server (a counting proxy).
 Each store gets a ``redis-server`` of the benchmark's own. Writes ``bench/results/latest.json``
 (or ``--output``) with machine info and load, per-variant stats, ratios with bootstrap 95%
@@ -59,10 +63,12 @@ from devtools import devstack
 TARGETS = {
     "registry_over_bare": {"ratio": "3/1b", "op": "<=", "limit": 1.02, "store": "both"},
     "old_over_registry": {"ratio": "2/3", "op": ">=", "limit": 20.0, "store": "sqlite"},
-    "queue_minus_bare_ms": {"ratio": "4-1 (ms, 1 worker)", "op": "<=", "limit": 10.0, "store": "sqlite"},
+    "queue_minus_bare_ms": {"ratio": "4-1 (ms, 1 worker, paired)", "op": "<=", "limit": 10.0, "store": "sqlite"},
     "requests_per_queued_job": {"ratio": "requests/queued job", "op": "<=", "limit": 16, "store": "postgres"},
-    "throughput_2w_over_1w": {"ratio": "2w/1w jobs/s", "op": ">=", "limit": 1.7, "store": "postgres"},
+    "throughput_2w_over_1w": {"ratio": "2w/1w jobs/s (paired)", "op": ">=", "limit": 1.7, "store": "postgres"},
 }
+#: Paired estimates (see ``ratios_of``): the verdicts use them; the unpaired ones are reported beside.
+PAIRED = {"queue_minus_bare_ms": "queue_minus_bare_ms_paired", "throughput_2w_over_1w": "throughput_2w_over_1w_paired"}
 #: --artifacts → mlflow_store(workers_write_artifacts=...): None follows docker-compose.yml
 WRITES = {"compose": None, "uploaded": False, "written": True}
 VARIANTS = ("bare", "bare_sig", "old", "registry", "registry_nogit", "queue_1w", "queue_2w")
@@ -93,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=30, help="repetitions of the cheap variants (default 30)")
     parser.add_argument("--old-reps", type=int, default=10, help="repetitions of the ~3 s old path (default 10)")
     parser.add_argument("--batch", type=int, default=40, help="jobs per throughput batch (default 40)")
-    parser.add_argument("--throughput-reps", type=int, default=2, help="batches per worker count (default 2)")
+    parser.add_argument("--throughput-reps", type=int, default=4, help="batches per worker count (default 4)")
     parser.add_argument("--stores", default="sqlite,postgres", help="comma-separated: sqlite,postgres")
     parser.add_argument(
         "--topology",
@@ -129,8 +135,17 @@ class QueueBench:
     """Worker processes and a receiver; consumers of the last ones are toggled for 1- vs N-worker runs."""
 
     def __init__(
-        self, store: common.Store, redis_url: str, model_dir: Path, staging: Path, receiver: Any, *, workers: int = 2
+        self,
+        store: common.Store,
+        redis_url: str,
+        model_dir: Path,
+        staging: Path,
+        receiver: Any,
+        *,
+        workers: int = 2,
+        worker_env: list[dict[str, str]] | None = None,
     ) -> None:
+        """``worker_env``: per worker process, variables that replace the common ones (investigations)."""
         from celery import Celery
 
         from hokusai_registry.contract import REGISTRATION_QUEUE, WEBHOOK_QUEUE
@@ -142,7 +157,10 @@ class QueueBench:
         self.settings = common.producer_settings(redis_url, store.work / "producer", staging)
         self.queues = (REGISTRATION_QUEUE, WEBHOOK_QUEUE)
         env = common.worker_env(store, redis_url, receiver.url, staging)
-        self.workers = [devstack.WorkerProcess(env, store.work / "logs", concurrency=1) for _ in range(workers)]
+        own = worker_env or [{} for _ in range(workers)]
+        self.workers = [
+            devstack.WorkerProcess({**env, **own[i]}, store.work / "logs", concurrency=1) for i in range(workers)
+        ]
         self.control = Celery("bench-control", broker=redis_url, backend=redis_url)
         self.control.conf.update(accept_content=["json"], task_serializer="json", result_serializer="json")
         self.results = Celery("bench-results", broker=redis_url, backend=redis_url)
@@ -509,12 +527,31 @@ def ratios_of(result: dict[str, Any]) -> dict[str, Any]:
         "queue_2w_over_bare": div(med["queue_2w"], med["bare"]),
         "queue_minus_bare_ms": round(med["queue_1w"] - med["bare"], 2) if med["queue_1w"] and med["bare"] else None,
         "queue_minus_bare_ms_ci95": common.bootstrap_difference_ms(raw["queue_1w"], raw["bare"]),
+        # Both ran once in every round: the median of the per-round differences, which a slow
+        # minute of the machine shifts for both (this machine's speed drifts by up to 1.6x).
+        "queue_minus_bare_ms_paired": _paired_median_ms(raw["queue_1w"], raw["bare"]),
+        "queue_minus_bare_ms_paired_ci95": common.bootstrap_paired_difference_ms(raw["queue_1w"], raw["bare"]),
         "requests_per_queued_job": requests.get("queued_job"),
         "requests_per_bare": requests.get("bare"),
         "requests_per_registry": requests.get("registry"),
         "throughput_2w_over_1w": div(two, one),
         "throughput_2w_over_1w_range": _batch_range(result["throughput"]),
+        # Batches alternate 1w, 2w / 2w, 1w: the median of each pair's ratio.
+        "throughput_2w_over_1w_per_pair": (pairs := _pair_ratios(result["throughput"])),
+        "throughput_2w_over_1w_paired": round(statistics.median(pairs), 3) if pairs else None,
     }
+
+
+def _paired_median_ms(top: list[float], bottom: list[float]) -> float | None:
+    diffs = [a - b for a, b in zip(top, bottom, strict=True)]
+    return round(1000 * statistics.median(diffs), 2) if diffs else None
+
+
+def _pair_ratios(throughput: dict[str, Any]) -> list[float]:
+    """2w/1w of each throughput round (the two batches measured next to each other)."""
+    ones = [b["jobs_per_s"] for b in throughput["1"]["batches"]]
+    twos = [b["jobs_per_s"] for b in throughput["2"]["batches"]]
+    return [round(two / one, 3) for one, two in zip(ones, twos, strict=True) if one]
 
 
 def _batch_range(throughput: dict[str, Any]) -> list[float] | None:
@@ -529,7 +566,7 @@ def _batch_range(throughput: dict[str, Any]) -> list[float] | None:
 def verdicts(ratios: dict[str, Any], store: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, target in TARGETS.items():
-        value = ratios.get(key)
+        value = ratios.get(PAIRED.get(key, key))
         applies = target["store"] in ("both", store)
         if value is None:
             verdict = "n/a"

@@ -8,6 +8,7 @@ a ``redis-server`` of its own (fails, never skips, when the binary is missing).
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,11 @@ def test_bench_run_and_load_smoke(tmp_path: Path) -> None:
                                       "requests_per_queued_job", "throughput_2w_over_1w"}  # fmt: skip
     low, high = sqlite["ratios"]["registry_over_bare_ci95"]
     assert low <= high
+    # verdicts use the estimates paired by round (per-round differences, per-pair ratios)
+    diffs = [1000 * (q - b) for q, b in zip(sqlite["samples_s"]["queue_1w"], sqlite["samples_s"]["bare"], strict=True)]
+    assert sqlite["targets"]["queue_minus_bare_ms"]["value"] == sqlite["ratios"]["queue_minus_bare_ms_paired"]
+    assert abs(sqlite["ratios"]["queue_minus_bare_ms_paired"] - statistics.median(diffs)) < 0.01
+    assert sqlite["targets"]["throughput_2w_over_1w"]["value"] == sqlite["ratios"]["throughput_2w_over_1w_paired"]
     assert report["machine"]["loadavg_at_start"]
     assert "sqlite median" in bench.stdout and "3/1b <= 1.02" in bench.stdout  # the table was printed
 
