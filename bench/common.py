@@ -117,6 +117,11 @@ def bootstrap_paired_difference_ms(
     return round(1000 * medians[int(0.025 * rounds)], 2), round(1000 * medians[int(0.975 * rounds) - 1], 2)
 
 
+def per_round_ratios(ones: list[dict[str, Any]], twos: list[dict[str, Any]]) -> list[float]:
+    """2w/1w of each round: the jobs/s of its 2-worker batch over its 1-worker batch (run next to each other)."""
+    return [round(two["jobs_per_s"] / one["jobs_per_s"], 3) for one, two in zip(ones, twos, strict=False)]
+
+
 def loadavg() -> str | None:
     try:
         return Path("/proc/loadavg").read_text().strip()

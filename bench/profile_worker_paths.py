@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in MODES:
         one = [b["jobs_per_s"] for b in batches[mode]["1"]]
         two = [b["jobs_per_s"] for b in batches[mode]["2"]]
-        pairs = [round(b / a, 3) for a, b in zip(one, two, strict=True)]
+        pairs = common.per_round_ratios(batches[mode]["1"], batches[mode]["2"])
         report["modes"][mode] = {
             "median_jobs_per_s": {"1": statistics.median(one), "2": statistics.median(two)},
             "speedup_2w_per_round": pairs, "speedup_2w_median": statistics.median(pairs),

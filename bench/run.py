@@ -537,7 +537,9 @@ def ratios_of(result: dict[str, Any]) -> dict[str, Any]:
         "throughput_2w_over_1w": div(two, one),
         "throughput_2w_over_1w_range": _batch_range(result["throughput"]),
         # Batches alternate 1w, 2w / 2w, 1w: the median of each pair's ratio.
-        "throughput_2w_over_1w_per_pair": (pairs := _pair_ratios(result["throughput"])),
+        "throughput_2w_over_1w_per_pair": (
+            pairs := common.per_round_ratios(result["throughput"]["1"]["batches"], result["throughput"]["2"]["batches"])
+        ),
         "throughput_2w_over_1w_paired": round(statistics.median(pairs), 3) if pairs else None,
     }
 
@@ -545,13 +547,6 @@ def ratios_of(result: dict[str, Any]) -> dict[str, Any]:
 def _paired_median_ms(top: list[float], bottom: list[float]) -> float | None:
     diffs = [a - b for a, b in zip(top, bottom, strict=True)]
     return round(1000 * statistics.median(diffs), 2) if diffs else None
-
-
-def _pair_ratios(throughput: dict[str, Any]) -> list[float]:
-    """2w/1w of each throughput round (the two batches measured next to each other)."""
-    ones = [b["jobs_per_s"] for b in throughput["1"]["batches"]]
-    twos = [b["jobs_per_s"] for b in throughput["2"]["batches"]]
-    return [round(two / one, 3) for one, two in zip(ones, twos, strict=True) if one]
 
 
 def _batch_range(throughput: dict[str, Any]) -> list[float] | None:

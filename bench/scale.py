@@ -122,10 +122,8 @@ def run_rounds(stacks: list[Stack], args: argparse.Namespace) -> list[dict[str, 
     for stack in stacks:
         medians = {n: round(statistics.median(b["jobs_per_s"] for b in bs), 3) for n, bs in stack.batches.items() if bs}
         one = medians.get("1")
-        same_round = [  # 2w/1w within each round: the two batches ran minutes apart at most
-            round(two["jobs_per_s"] / first["jobs_per_s"], 3)
-            for first, two in zip(stack.batches.get("1", []), stack.batches.get("2", []), strict=False)
-        ]
+        # 2w/1w within each round: the two batches ran minutes apart at most
+        same_round = common.per_round_ratios(stack.batches.get("1", []), stack.batches.get("2", []))
         results.append({
             "topology": stack.topology.describe(), "workers_write_artifacts": stack.writes, "label": stack.label,
             "median_jobs_per_s": medians,

@@ -83,10 +83,9 @@ def _relative_path(artifact_uri: str) -> str | None:
     path = parts.path.lstrip("/")
     if not path:
         return ""
-    normal = posixpath.normpath(path)
-    if normal.startswith("..") or "\\" in path or any(seg == ".." for seg in path.split("/")):
+    if "\\" in path or ".." in path.split("/"):
         return None  # left to the server, which refuses it
-    return normal
+    return posixpath.normpath(path)
 
 
 def _server_base(served: MlflowArtifactsRepository) -> str:
