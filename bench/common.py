@@ -260,6 +260,8 @@ class Store:
     backend: str | None = None  # the server's PostgreSQL URI
     #: The server's --artifacts-destination when clients write it themselves (SERVED_ARTIFACTS_DESTINATION)
     served_destination: Path | None = None
+    #: The server's database, when queue workers write it directly (TRACKING_DATABASE_URI)
+    workers_database: str | None = None
 
     def process_groups(self) -> dict[str, list[int]]:
         """The MLflow server's process tree and the PostgreSQL backends of its database (empty for sqlite)."""
@@ -288,10 +290,13 @@ class ServerTopology:
     env: tuple[tuple[str, str], ...] = ()
     #: Workers write the served artifacts into the server's store themselves (SERVED_ARTIFACTS_DESTINATION).
     workers_write_artifacts: bool = False
+    #: Queue workers write the server's database directly (TRACKING_DATABASE_URI).
+    workers_on_database: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "workers": self.workers, "flags": list(self.flags), "env": dict(self.env),
-                "workers_write_artifacts": self.workers_write_artifacts}  # fmt: skip
+                "workers_write_artifacts": self.workers_write_artifacts,
+                "workers_on_database": self.workers_on_database}  # fmt: skip
 
 
 def compose_topology(compose_file: Path = PROJECT_ROOT / "docker-compose.yml") -> ServerTopology:
@@ -332,7 +337,8 @@ def compose_topology(compose_file: Path = PROJECT_ROOT / "docker-compose.yml") -
         if k not in places and not k.startswith("POSTGRES_")
     )
     worker_env = services["worker"].get("environment") or {}
-    return ServerTopology("compose", workers, tuple(flags), env, "SERVED_ARTIFACTS_DESTINATION" in worker_env)
+    return ServerTopology("compose", workers, tuple(flags), env, "SERVED_ARTIFACTS_DESTINATION" in worker_env,
+                          "TRACKING_DATABASE_URI" in worker_env)  # fmt: skip
 
 
 def _compose_defaults(text: str) -> str:
@@ -373,7 +379,8 @@ def mlflow_store(
     The server runs as ``topology`` says (default: as docker-compose.yml runs it). Clients write
     the served artifacts into the server's folder themselves (``SERVED_ARTIFACTS_DESTINATION``)
     when ``workers_write_artifacts`` says so (default: as the topology does), else upload them
-    through the server.
+    through the server. Queue workers write the server's database directly
+    (``TRACKING_DATABASE_URI``) when the topology's do.
     """
     from mlflow.tracking import MlflowClient
 
@@ -399,7 +406,8 @@ def mlflow_store(
         )
         if workers_write_artifacts is None:
             workers_write_artifacts = topology.workers_write_artifacts
-        yield Store(kind, url, work, backend, work / "served" if workers_write_artifacts else None)
+        yield Store(kind, url, work, backend, work / "served" if workers_write_artifacts else None,
+                    backend if topology.workers_on_database else None)  # fmt: skip
 
 
 def activate(tracking_uri: str) -> None:
@@ -452,6 +460,7 @@ def worker_env(store: Store, redis_url: str, receiver_url: str, staging: Path, *
         "WEBHOOK_ALLOW_HTTP": "true",
         "ALLOWED_ARTIFACT_ROOTS": str(staging),
         **({"SERVED_ARTIFACTS_DESTINATION": str(store.served_destination)} if store.served_destination else {}),
+        **({"TRACKING_DATABASE_URI": store.workers_database} if store.workers_database else {}),
         **extra,
     }
 

@@ -121,6 +121,99 @@ def private_redis_server(work_dir: Path, password: str | None = None) -> Iterato
         stop_process_group(process)
 
 
+def postgres_binary(name: str) -> str:
+    """``initdb``, ``postgres``, ...: on PATH, else the newest of Debian's ``/usr/lib/postgresql/*/bin``."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    if not candidates:
+        raise StackError(f"PostgreSQL's {name} is not installed")
+    return str(candidates[-1])
+
+
+class PostgresCluster:
+    """A PostgreSQL server of its own (``initdb`` in a new folder, trust auth on loopback), killable.
+
+    For faults of the database itself: :meth:`kill` SIGKILLs the postmaster and its backends (a
+    crash; :meth:`start` recovers it on the same port and data). ``initdb`` refuses to run as root,
+    so as root the cluster belongs to the ``postgres`` user. ``fsync`` is off: a test cluster.
+    """
+
+    def __init__(self, work_dir: Path | None = None) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="hokusai-pg-", dir=work_dir))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.log_path = self.root / "postgres.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        # The postmaster is this process's own child (no runuser in between), so a kill reaps it.
+        self._user: dict[str, Any] = {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
+        if self._user:
+            shutil.chown(self.root, "postgres", "postgres")
+        init = subprocess.run(
+            [postgres_binary("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync"],
+            capture_output=True, text=True, timeout=120, cwd=self.root, **self._user,
+        )  # fmt: skip
+        if init.returncode != 0:
+            raise StackError(f"initdb failed:\n{init.stdout[-2000:]}{init.stderr[-2000:]}")
+
+    @property
+    def admin_dsn(self) -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+    def uri(self, database: str) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self, timeout_s: float = 60) -> PostgresCluster:
+        command = [postgres_binary("postgres"), "-D", str(self.data), "-p", str(self.port),
+                   "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
+                   "-c", "fsync=off", "-c", "full_page_writes=off"]  # fmt: skip
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the server's log for as long as it runs
+        with log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            cwd=self.root, **self._user)  # fmt: skip
+
+        def accepting() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise StackError(f"postgres exited with {self.process.returncode}:\n{log_tail(self.log_path)}")
+            ready = subprocess.run([postgres_binary("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)])
+            return ready.returncode == 0
+
+        wait_until(accepting, timeout_s=timeout_s, interval_s=0.1, what="the PostgreSQL cluster")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every backend (its process group): the database is gone at once."""
+        if self.process is not None:
+            stop_process_group(self.process, kill=True)
+            wait_until(lambda: not port_open("127.0.0.1", self.port), timeout_s=10, what="the port to close")
+
+    def create_database(self, name: str) -> str:
+        """Create ``name``; return its SQLAlchemy URI."""
+        import psycopg2
+
+        connection = psycopg2.connect(self.admin_dsn, connect_timeout=10)
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            connection.close()
+        return self.uri(name)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process_group(self.process, timeout_s=20)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PostgresCluster:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
 class WorkerProcess:
     """One ``celery -A worker worker`` in its own process group, logging to a file."""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from hokusai_registry.errors import ConfigurationError
+from hokusai_registry.settings import with_password
 
 
 def postgres_password(environ: Mapping[str, str]) -> str:
@@ -36,12 +37,10 @@ def postgres_password(environ: Mapping[str, str]) -> str:
 def backend_store_uri(environ: Mapping[str, str]) -> str:
     """``postgresql+psycopg2://user:password@host:port/db`` from the ``POSTGRES_*`` variables (quoted)."""
     user = quote(environ.get("POSTGRES_USER") or "mlflow", safe="")
-    password = postgres_password(environ)
-    credentials = f"{user}:{quote(password, safe='')}" if password else user
     host = environ.get("POSTGRES_HOST") or "postgres"
     port = environ.get("POSTGRES_PORT") or "5432"
     database = quote(environ.get("POSTGRES_DB") or "mlflow", safe="")
-    return f"postgresql+psycopg2://{credentials}@{host}:{port}/{database}"
+    return with_password(f"postgresql+psycopg2://{user}@{host}:{port}/{database}", postgres_password(environ))
 
 
 def server_help() -> str:

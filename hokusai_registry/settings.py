@@ -42,6 +42,27 @@ DEFAULT_ARTIFACT_SCHEMES = (
 )
 
 
+#: SQLAlchemy dialects of an MLflow backend store that workers may write directly (not sqlite: a
+#: file on the server's host).
+TRACKING_DATABASE_DIALECTS = ("postgresql", "mysql", "mssql")
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` in its user-info, unless it has one already (or ``password`` is empty).
+
+    >>> with_password("redis://redis:6379/0", "p@ss")
+    'redis://:p%40ss@redis:6379/0'
+    >>> with_password("postgresql://mlflow@postgres/mlflow", "pw")
+    'postgresql://mlflow:pw@postgres/mlflow'
+    """
+    parts = urlsplit(url)
+    if not password or parts.password is not None:
+        return url
+    user = quote(parts.username, safe="") if parts.username else ""
+    netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def is_tracking_server(uri: str) -> bool:
     """True for an ``http(s)://`` MLflow tracking server, False for a local store (sqlite, file)."""
     return uri.startswith(("http://", "https://"))
@@ -117,6 +138,19 @@ class Settings(BaseSettings):
         "shared volume's absolute path, or the same bucket URI). mlflow-artifacts:/ files are then read and "
         "written there directly instead of through the server (checked once against the server; "
         "docs/scaling.md).",
+    )
+
+    tracking_database_uri: str | None = Field(
+        default=None,
+        description="Workers: the tracking server's own database (its --backend-store-uri: PostgreSQL, MySQL "
+        "or SQL Server). Registrations then write runs, logged models and versions into it directly instead of "
+        "through the server; MLFLOW_TRACKING_URI must be that server (it still creates the experiment and "
+        "serves the artifacts). docs/scaling.md.",
+    )
+    tracking_database_password: SecretStr | None = Field(
+        default=None,
+        description="Password added to TRACKING_DATABASE_URI when that URI has none "
+        "(TRACKING_DATABASE_PASSWORD_FILE: the tracking server's database password file).",
     )
 
     upload_tracking_uri: str | None = Field(
@@ -228,6 +262,19 @@ class Settings(BaseSettings):
             raise ValueError("SERVED_ARTIFACTS_DESTINATION must be an absolute path or a store URI")
         return value
 
+    @field_validator("tracking_database_uri")
+    @classmethod
+    def _check_tracking_database(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        dialect = urlsplit(value).scheme.split("+", 1)[0].lower()
+        if dialect not in TRACKING_DATABASE_DIALECTS:
+            raise ValueError(
+                "TRACKING_DATABASE_URI must be the tracking server's database, a SQLAlchemy URI of "
+                f"{', '.join(TRACKING_DATABASE_DIALECTS)} (e.g. postgresql://mlflow@postgres:5432/mlflow)"
+            )
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
@@ -257,13 +304,18 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_tracking_database_server(self) -> Settings:
+        if self.tracking_database_uri and not is_tracking_server(self.tracking_uri):
+            raise ValueError(
+                "TRACKING_DATABASE_URI needs MLFLOW_TRACKING_URI to be the http(s) URL of the tracking server "
+                "that uses this database (it creates the experiment and serves the artifacts)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _add_redis_password(self) -> Settings:
-        password = self.redis_password.get_secret_value() if self.redis_password else ""
-        parts = urlsplit(self.redis_url)
-        if password and parts.scheme != "unix" and parts.password is None:
-            user = quote(parts.username, safe="") if parts.username else ""
-            netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
-            self.redis_url = urlunsplit(parts._replace(netloc=netloc))
+        if self.redis_password and urlsplit(self.redis_url).scheme != "unix":
+            self.redis_url = with_password(self.redis_url, self.redis_password.get_secret_value())
         return self
 
     @classmethod
@@ -305,6 +357,14 @@ class Settings(BaseSettings):
         if self.mlflow_server_url:
             return "MLFLOW_SERVER_URL"
         return "embedded default"
+
+    @property
+    def tracking_database_url(self) -> str | None:
+        """TRACKING_DATABASE_URI with TRACKING_DATABASE_PASSWORD added, or None (workers go through the server)."""
+        if not self.tracking_database_uri:
+            return None
+        password = self.tracking_database_password.get_secret_value() if self.tracking_database_password else ""
+        return with_password(self.tracking_database_uri, password)
 
     @property
     def artifact_location(self) -> str | None:

@@ -383,9 +383,9 @@ def test_worker_is_scalable() -> None:
     assert argv_of(worker["command"])[:4] == ["celery", "-A", "worker", "worker"], worker["command"]
 
 
-def test_worker_waits_for_healthy_redis_and_mlflow() -> None:
+def test_worker_waits_for_healthy_redis_postgres_and_mlflow() -> None:
     depends = load_compose()["services"]["worker"].get("depends_on") or {}
-    for needed in ("redis", "mlflow"):
+    for needed in ("redis", "postgres", "mlflow"):
         assert isinstance(depends, dict) and needed in depends, f"worker does not depend on {needed}"
         assert depends[needed].get("condition") == "service_healthy", f"worker does not wait for a healthy {needed}"
 
@@ -481,6 +481,25 @@ def test_workers_write_served_artifacts_into_the_servers_own_volume() -> None:
     assert worker_volumes.get(worker_destination) == server_volume, (
         f"the worker writes {worker_destination}, which is not the server's {server_volume} volume"
     )
+
+
+def test_workers_write_the_servers_own_database_with_its_password_file() -> None:
+    from hokusai_app.tracking_server import backend_store_uri
+
+    services = interpolated_compose()["services"]
+    server_env, worker = services["mlflow"]["environment"], services["worker"]
+    server_db = urlsplit(backend_store_uri({k: v for k, v in server_env.items() if k != "POSTGRES_PASSWORD_FILE"}))
+    worker_db = urlsplit(worker["environment"]["TRACKING_DATABASE_URI"])
+    assert worker_db.password is None, "the database password belongs in the secret file, not the URI"
+    assert worker_db.scheme.startswith("postgresql") and (worker_db.hostname, worker_db.port or 5432) == (
+        server_db.hostname,
+        server_db.port,
+    )
+    assert (worker_db.username, worker_db.path) == (server_db.username, server_db.path), (
+        f"worker: {worker_db.username}@{worker_db.path}, server: {server_db.username}@{server_db.path}"
+    )
+    assert worker["environment"]["TRACKING_DATABASE_PASSWORD_FILE"] == server_env["POSTGRES_PASSWORD_FILE"]
+    assert "postgres_password" in worker["secrets"]
 
 
 def test_redis_wants_a_password_and_is_published_on_loopback() -> None:
@@ -615,7 +634,9 @@ def test_env_example_values_make_a_working_worker_configuration(
             monkeypatch.setenv(name, value)
     worker = interpolated_compose()["services"]["worker"]
     for name, path in worker["environment"].items():  # the secret files, as make-secrets.sh writes them
-        if name.endswith("_FILE"):
+        if name in names:
+            monkeypatch.setenv(name, str(path))  # the worker service's own settings
+        elif name.endswith("_FILE"):
             assert name.removesuffix("_FILE") in names, f"worker: {name} names no setting"
             secret = tmp_path / Path(path).name
             secret.write_text("whsec_" + "QUJD" * 8 + "\n", encoding="utf-8")
@@ -623,6 +644,7 @@ def test_env_example_values_make_a_working_worker_configuration(
     settings = Settings()
     assert urlsplit(settings.redis_url).hostname == urlsplit(example_env()["REDIS_URL"]).hostname
     assert urlsplit(settings.redis_url).password, "the password file reached REDIS_URL"
+    assert urlsplit(settings.tracking_database_url or "").password, "the password file reached the database URI"
     check_webhook_config(settings)  # the worker would refuse to start otherwise
 
 

@@ -23,7 +23,7 @@ def get_registry() -> HokusaiModelRegistry:
     """This worker process's registry (made after fork, on first use)."""
     global _registry
     if _registry is None:
-        _registry = HokusaiModelRegistry()
+        _registry = HokusaiModelRegistry(database_uri=get_settings().tracking_database_url)
     return _registry
 
 

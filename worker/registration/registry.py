@@ -28,7 +28,12 @@ from mlflow.tracking.context import registry as run_context
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from hokusai_registry.contract import MODEL_TYPES, BaselineRef
-from hokusai_registry.errors import InvalidInputError, ModelNotFoundError, RegistryUnavailableError
+from hokusai_registry.errors import (
+    ConfigurationError,
+    InvalidInputError,
+    ModelNotFoundError,
+    RegistryUnavailableError,
+)
 from hokusai_registry.flavors import flavor_for
 from hokusai_registry.redaction import redact_url
 from hokusai_registry.settings import Settings, get_settings, is_tracking_server
@@ -99,26 +104,45 @@ class HokusaiModelRegistry:
             it. Default: ``MLFLOW_TRACKING_URI``, else ``MLFLOW_SERVER_URL``, else the embedded
             sqlite store (logged at start-up, so a missing setting is not silent).
         settings: configuration; default: read from the environment.
+        database_uri: the tracking server's own database (its backend store URI). Runs, logged
+            models and versions are then written there directly, not through the server, which
+            ``tracking_uri`` must be: it still creates the experiment and serves the artifacts.
+            Workers pass ``TRACKING_DATABASE_URI``; see docs/scaling.md.
     """
 
     #: The model types, as the pre-upgrade class exposed them (a list).
     VALID_MODEL_TYPES: list[str] = list(MODEL_TYPES)
 
-    def __init__(self, tracking_uri: str | None = None, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self, tracking_uri: str | None = None, *, settings: Settings | None = None, database_uri: str | None = None
+    ) -> None:
         self.settings = settings or get_settings()
         self.tracking_uri = tracking_uri or self.settings.tracking_uri
+        #: Where runs, logged models and versions are written and read: the tracking URI, or the
+        #: tracking server's own database (``database_uri``, a worker's ``TRACKING_DATABASE_URI``).
+        self.store_uri = database_uri or self.tracking_uri
+        if database_uri and not is_tracking_server(self.tracking_uri):
+            raise ConfigurationError(
+                "a registry on the tracking database needs the tracking server's URL as its tracking URI "
+                "(MLFLOW_TRACKING_URI): it creates experiments and serves artifacts"
+            )
         source = "the tracking_uri argument" if tracking_uri else self.settings.tracking_uri_source
         level = logging.WARNING if source == "embedded default" else logging.INFO
         local = self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri
         shown = self.tracking_uri if local else redact_url(self.tracking_uri)
+        if database_uri:
+            shown = f"{redact_url(database_uri)}, the database of the tracking server {shown}"
         logger.log(level, "MLflow store: %s (from %s)", shown, source)
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        if self.settings.served_artifacts_destination and is_tracking_server(self.tracking_uri):
-            served_artifacts.install(self.settings.served_artifacts_destination)
+        if is_tracking_server(self.tracking_uri) and (self.settings.served_artifacts_destination or database_uri):
+            server = self.tracking_uri if database_uri else None
+            served_artifacts.install(self.settings.served_artifacts_destination, server_url=server)
         self._activate()
         with mlflow_boundary("opening the MLflow store"):  # a local store is opened (and migrated) here
-            self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            self.client = MlflowClient(tracking_uri=self.store_uri, registry_uri=self.store_uri)
+        #: Creates the experiment: through the server, which gives it the server's artifact location.
+        self._experiment_client = MlflowClient(tracking_uri=self.tracking_uri) if database_uri else self.client
         self._experiment_id: str | None = None
         #: Registered models this object saw exist: a new version of one is a single request.
         self._known_models: set[str] = set()
@@ -486,10 +510,10 @@ class HokusaiModelRegistry:
     # ------------------------------------------------------------------ internals
     def _activate(self) -> None:
         # The SQL registry resolves models:/ sources through the *global* tracking URI.
-        if mlflow.get_tracking_uri() != self.tracking_uri:
-            mlflow.set_tracking_uri(self.tracking_uri)
-        if mlflow.get_registry_uri() != self.tracking_uri:
-            mlflow.set_registry_uri(self.tracking_uri)
+        if mlflow.get_tracking_uri() != self.store_uri:
+            mlflow.set_tracking_uri(self.store_uri)
+        if mlflow.get_registry_uri() != self.store_uri:
+            mlflow.set_registry_uri(self.store_uri)
 
     def experiment_id(self) -> str:
         """The product's experiment, created on first use (safe when workers race to create it)."""
@@ -499,7 +523,7 @@ class HokusaiModelRegistry:
                 experiment = self.client.get_experiment_by_name(name)
                 if experiment is None:
                     try:
-                        self._experiment_id = self.client.create_experiment(
+                        self._experiment_id = self._experiment_client.create_experiment(
                             name, artifact_location=default_artifact_location(self.tracking_uri, self.settings)
                         )
                     except MlflowException as exc:

@@ -13,6 +13,10 @@ writes a probe file under ``D`` and looks for it through the server. If the serv
 list it (another folder or bucket, a server with workspaces), the process logs an error naming
 the setting and goes on through the server, so nothing is written where readers cannot find it.
 :func:`check_destination` runs the same check for ``hokusai-registry doctor``.
+
+A worker that writes the server's database directly (``TRACKING_DATABASE_URI``) has that
+database as its MLflow tracking URI, which cannot resolve ``mlflow-artifacts:``; it installs this
+with the server's URL, and every ``mlflow-artifacts:`` URI is then the server's (proxied or direct).
 """
 
 from __future__ import annotations
@@ -38,36 +42,43 @@ _SERVICE_ROOT = "/api/2.0/mlflow-artifacts/artifacts"
 
 _lock = threading.Lock()
 _destination: str | None = None
+#: The tracking server that serves mlflow-artifacts: when this process's tracking URI is its database.
+_server_url: str | None = None
 #: Per tracking server (its base URL): whether it serves what this process writes to the destination.
 _verified: dict[str, bool] = {}
 
 
-def install(destination: str) -> None:
+def install(destination: str | None, *, server_url: str | None = None) -> None:
     """Read and write ``mlflow-artifacts:`` URIs at ``destination`` in this process (idempotent).
 
-    Process-wide, as MLflow's artifact repositories are; an unverified or mismatched server keeps
-    the proxied repository.
+    ``destination`` None: through the server, as MLflow does. ``server_url``: the server whose
+    ``mlflow-artifacts:`` these are, whatever tracking URI MLflow hands over (for a process whose
+    tracking URI is the server's database). Process-wide, as MLflow's artifact repositories are;
+    an unverified or mismatched server keeps the proxied repository.
     """
-    global _destination
+    global _destination, _server_url
     with _lock:
-        if _destination != destination.rstrip("/"):
-            _destination = destination.rstrip("/")
+        stripped = destination.rstrip("/") if destination else None
+        if _destination != stripped:
+            _destination = stripped
             _verified.clear()
+        _server_url = server_url
         _artifact_repository_registry.register(SCHEME, _repository)
 
 
 def uninstall() -> None:
     """Back to MLflow's own proxied repository (the tests reset it between tests)."""
-    global _destination
+    global _destination, _server_url
     with _lock:
         _destination = None
+        _server_url = None
         _verified.clear()
         _artifact_repository_registry.register(SCHEME, MlflowArtifactsRepository)
 
 
-def _repository(artifact_uri: str, *args: Any, **kwargs: Any) -> Any:
+def _repository(artifact_uri: str, tracking_uri: str | None = None, *args: Any, **kwargs: Any) -> Any:
     """MLflow's repository factory for ``mlflow-artifacts:``: the destination itself when verified."""
-    served = MlflowArtifactsRepository(artifact_uri, *args, **kwargs)
+    served = MlflowArtifactsRepository(artifact_uri, _server_url or tracking_uri, *args, **kwargs)
     destination = _destination
     relative = _relative_path(artifact_uri)
     if destination is None or relative is None or not _serves_destination(served, destination):
