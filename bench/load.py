@@ -103,6 +103,9 @@ def run_load(args: argparse.Namespace) -> dict[str, Any]:
     try:
         with common.own_redis(work) as redis_url, common.mlflow_store(args.store, work) as store, receiver:
             redis_client = common.redis_client(redis_url)
+            # the server store runs as docker-compose.yml: workers on its database, writing its artifacts
+            report["parameters"] |= {"workers_on_database": store.workers_database is not None,
+                                     "workers_write_artifacts": store.served_destination is not None}  # fmt: skip
             results = Celery("bench-load", broker=redis_url, backend=redis_url)
             results.conf.update(accept_content=["json"], result_serializer="json")
             common.activate(store.tracking_uri)

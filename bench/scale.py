@@ -5,14 +5,16 @@
     .venv/bin/python -m bench.scale --uploads-too   # + compose with artifacts uploaded through the server
 
 For every topology: a new PostgreSQL database, ``mlflow server`` as the topology says (``compose`` =
-docker-compose.yml's flags and environment), a ``redis-server`` of its own, as many
-``celery -A worker worker`` processes (concurrency 1) as the largest worker count, a local webhook
-receiver. All topologies run side by side; every round measures each (topology, worker count) once,
-in an order shuffled anew every round (``--seed``), so a slow minute of the machine does not fall on
-one topology. A batch of ``--batch`` jobs is enqueued at once and timed until the receiver accepted
-every event (idle worker processes' consumers toggled with Celery remote control). Each batch
-records CPU seconds per job of workers, server, PostgreSQL, Redis and what the rest of the machine
-used. Writes ``bench/results/scale-latest.json`` and ``bench/results/scale.png``.
+docker-compose.yml's flags and environment, with its workers on the server's database as compose's
+``worker`` service runs them; every other topology's workers go through the server), a
+``redis-server`` of its own, as many ``celery -A worker worker`` processes (concurrency 1) as the largest
+worker count, a local webhook receiver. All topologies run side by side; every round measures each
+(topology, worker count) once, in an order shuffled anew every round (``--seed``), so a slow minute
+of the machine does not fall on one topology. A batch of ``--batch`` jobs is enqueued at once and
+timed until the receiver accepted every event (idle worker processes' consumers toggled with Celery
+remote control). Each batch records CPU seconds per job of workers, server, PostgreSQL, Redis and
+what the rest of the machine used. Writes ``bench/results/scale-latest.json`` and
+``bench/results/scale.png``.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def start_stack(stack: ExitStack, name: str, args: argparse.Namespace, *, writes
 
     topology = common.compose_topology() if name == "compose" else common.TOPOLOGIES[name]
     topology = dataclasses.replace(topology, workers_write_artifacts=writes)
-    label = f"{name}, {'workers write artifacts' if writes else 'artifacts uploaded through the server'}"
+    path = "workers on its database" if topology.workers_on_database else "workers through the server"
+    label = f"{name}: {path}, {'workers write artifacts' if writes else 'artifacts uploaded through the server'}"
     work = devstack.scratch_dir("hokusai-scale-")
     stack.callback(shutil.rmtree, work, ignore_errors=True)
     print(f"\n== starting {label}: {topology.describe()}", flush=True)

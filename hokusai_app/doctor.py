@@ -6,13 +6,14 @@ the command exit non-zero; a ``warn`` is worth knowing but does not stop the sys
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 from hokusai_registry.contract import CELERY_WIRE_SETTINGS
 from hokusai_registry.errors import ConfigurationError
-from hokusai_registry.redaction import redact_url
+from hokusai_registry.redaction import redact_url, scrub
 from hokusai_registry.redis_client import connect
 from hokusai_registry.settings import Settings, is_tracking_server
 
@@ -77,6 +78,27 @@ def check_served_artifacts(settings: Settings) -> Check | None:
     return Check("served artifacts", "ok", f"written straight to {destination}, which the server serves")
 
 
+def check_tracking_database(settings: Settings) -> Check | None:
+    """With TRACKING_DATABASE_URI: can this host open the tracking server's database as MLflow does?"""
+    url = settings.tracking_database_url
+    if url is None:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from worker.registration.registry import check_database
+
+    shown = redact_url(url)
+    try:
+        check_database(url)
+        MlflowClient(tracking_uri=url).search_experiments(max_results=1)  # MLflow checks the schema revision
+    except Exception as exc:  # any failure means workers cannot register on it
+        detail = scrub(f"{type(exc).__name__}: {str(exc)[:300]}", url)
+        return Check("tracking database", "fail", f"{shown} is not usable: {detail}",
+                     "start PostgreSQL, fix TRACKING_DATABASE_URI / TRACKING_DATABASE_PASSWORD, run the server's "
+                     "MLflow version, or unset it to register through the server")  # fmt: skip
+    return Check("tracking database", "ok", f"{shown} answers; workers register on it directly")
+
+
 def check_webhooks(settings: Settings) -> Check:
     from hokusai_registry.webhook_policy import check_webhook_config
 
@@ -130,12 +152,20 @@ def check_backlog(settings: Settings) -> Check:
 
 
 CHECKS: tuple[Callable[[Settings], Check | None], ...] = (
-    check_redis, check_mlflow, check_served_artifacts, check_webhooks, check_workers, check_backlog,
+    check_redis, check_mlflow, check_tracking_database, check_served_artifacts, check_webhooks, check_workers,
+    check_backlog,
 )  # fmt: skip
+
+
+#: A doctor answers in seconds: one attempt per MLflow request, 10 s at most (MLflow's defaults retry
+#: a server that is down for ~4 minutes). An operator's own values of these variables win.
+MLFLOW_FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 def run_checks(settings: Settings) -> list[Check]:
     """Every check, in order; a check that crashes is reported as failed, not raised."""
+    for name, value in MLFLOW_FAIL_FAST.items():
+        os.environ.setdefault(name, value)
     results = []
     for check in CHECKS:
         try:

@@ -5,7 +5,8 @@ worker worker`` processes with the database URI, its password in a file, and the
 folder (``SERVED_ARTIFACTS_DESTINATION``). The worker's requests to the server are counted by a
 proxy: after the first job (the served-artifacts check) a registration makes none, and what it
 wrote is what the server serves. PostgreSQL itself is a cluster of the test's own, SIGKILLed while
-jobs wait and while one runs: the jobs retry and end with one version and one event each.
+jobs wait, while one runs, and when a worker starts: the jobs retry and end with one version and one
+event each.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from json import loads as json_loads
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +166,7 @@ class Cluster:
             connection.close()
 
 
-def test_postgresql_killed_while_jobs_wait_and_while_one_runs_every_job_one_version_one_event(
+def test_postgresql_killed_between_jobs_during_one_and_at_worker_start_every_job_one_version_one_event(
     redis_url: str, sk_model: Any, tmp_path: Path
 ) -> None:
     staging = tmp_path / "home" / "staging"
@@ -203,9 +205,19 @@ def test_postgresql_killed_while_jobs_wait_and_while_one_runs_every_job_one_vers
         db.pg.start()
         assert wait_result(app, running, timeout_s=180).state == "SUCCESS", worker.log_tail()
 
-        jobs = [warm, *waiting, running]
+        # 3. A worker starts while PostgreSQL is down: it starts, and its job waits in retries, not in
+        # MLflow's own ~100 s of connection attempts.
+        worker.stop()
+        db.pg.kill()
+        late = stack.enter_context(WorkerProcess(env, tmp_path / "late-worker"))
+        started_job = enqueue_registration(job_fields(save_model_dir(sk_model, staging)))
+        wait_until(lambda: "retrying in" in late.log_text(), timeout_s=20, what="the new worker's first retry")
+        db.pg.start()
+        assert wait_result(app, started_job, timeout_s=180).state == "SUCCESS", late.log_tail()
+
+        jobs = [warm, *waiting, running, started_job]
         events = receiver.wait_for(len(jobs), timeout_s=60)
-        log = worker.log_text()
+        log = worker.log_text() + late.log_text()
         client = MlflowClient(server_url)
         versions = {job_id: versions_of_job(client, job_id) for job_id in jobs}
         mlflow.set_tracking_uri(server_url)
@@ -258,3 +270,24 @@ def test_the_password_file_reaches_the_uri_and_never_its_log_line(
     assert password not in repr(settings) and password not in str(settings.model_dump())
     with pytest.raises(ConfigurationError, match="needs the tracking server's URL"):
         HokusaiModelRegistry("sqlite:///x.db", settings=settings, database_uri=settings.tracking_database_url)
+
+
+def test_doctor_checks_the_tracking_database_without_showing_its_password(redis_url: str, tmp_path: Path) -> None:
+    from tests.test_operations import run_cli
+
+    password = f"db-{uuid.uuid4().hex}"
+    # No tracking server runs: doctor must still answer within run_cli's 120 s (with MLflow's own
+    # retries, a check of a server that is down took 4 minutes).
+    base = {"REDIS_URL": redis_url, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{devstack.free_port()}",
+            "TRACKING_DATABASE_PASSWORD_FILE": secret_file(tmp_path, "pw", password)}  # fmt: skip
+    with fresh_database() as database_uri:
+        up = run_cli("doctor", "--json", env={**base, "TRACKING_DATABASE_URI": database_uri})
+    down = run_cli(
+        "doctor", env={**base, "TRACKING_DATABASE_URI": f"postgresql://u@127.0.0.1:{devstack.free_port()}/m"}
+    )
+
+    checks = {check["name"]: check for check in json_loads(up.stdout)}
+    assert checks["tracking database"]["status"] == "ok", checks["tracking database"]
+    assert down.returncode == 1 and "fail  tracking database" in down.stdout, down.stdout
+    assert "Connection refused" in down.stdout and "fix: start PostgreSQL" in down.stdout
+    assert password not in up.stdout + up.stderr + down.stdout + down.stderr

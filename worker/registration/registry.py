@@ -96,6 +96,29 @@ def default_artifact_location(tracking_uri: str, settings: Settings) -> str | No
     return settings.artifact_location
 
 
+def check_database(uri: str, timeout_s: int = 3) -> None:
+    """Connect to ``uri`` once, failing within ``timeout_s``.
+
+    MLflow opens a database store by retrying its first connection 10 times over ~100 s, inside
+    one task attempt (or a worker process's start-up, which Celery gives 4 s). A database that does
+    not answer fails here instead, and Celery's backoff retries the job.
+
+    Raises:
+        sqlalchemy.exc.OperationalError (and the driver's errors): the database cannot be reached.
+    """
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    dialect = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    connect_args = {"connect_timeout": timeout_s} if dialect in {"postgresql", "mysql"} else {}
+    engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=connect_args)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
 class HokusaiModelRegistry:
     """Register baseline and improved models; look them up by uuid, lineage or contributor.
 
@@ -140,6 +163,8 @@ class HokusaiModelRegistry:
             served_artifacts.install(self.settings.served_artifacts_destination, server_url=server)
         self._activate()
         with mlflow_boundary("opening the MLflow store"):  # a local store is opened (and migrated) here
+            if database_uri:
+                check_database(database_uri)
             self.client = MlflowClient(tracking_uri=self.store_uri, registry_uri=self.store_uri)
         #: Creates the experiment: through the server, which gives it the server's artifact location.
         self._experiment_client = MlflowClient(tracking_uri=self.tracking_uri) if database_uri else self.client
