@@ -47,6 +47,11 @@ DEFAULT_ARTIFACT_SCHEMES = (
 TRACKING_DATABASE_DIALECTS = ("postgresql", "mysql", "mssql")
 
 
+def database_dialect(uri: str) -> str:
+    """``postgresql+psycopg2://...`` → ``postgresql``: the SQLAlchemy dialect, without the driver."""
+    return urlsplit(uri).scheme.split("+", 1)[0].lower()
+
+
 def with_password(url: str, password: str) -> str:
     """``url`` with ``password`` in its user-info, unless it has one already (or ``password`` is empty).
 
@@ -267,8 +272,7 @@ class Settings(BaseSettings):
     def _check_tracking_database(cls, value: str | None) -> str | None:
         if not value:
             return None
-        dialect = urlsplit(value).scheme.split("+", 1)[0].lower()
-        if dialect not in TRACKING_DATABASE_DIALECTS:
+        if database_dialect(value) not in TRACKING_DATABASE_DIALECTS:
             raise ValueError(
                 "TRACKING_DATABASE_URI must be the tracking server's database, a SQLAlchemy URI of "
                 f"{', '.join(TRACKING_DATABASE_DIALECTS)} (e.g. postgresql://mlflow@postgres:5432/mlflow)"

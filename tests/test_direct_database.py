@@ -36,6 +36,7 @@ from hokusai_registry.settings import Settings, describe_invalid
 from producers import enqueue_registration
 from tests.mlflow_server import fresh_database
 from tests.queue_helpers import client_app, job_fields, save_model_dir, versions_of_job, wait_result
+from tests.test_mlflow_restart import count_rows
 from tests.test_topology import secret_file
 from tests.test_webhooks_e2e import SECRET
 from tests.worker_process import WorkerProcess, wait_until
@@ -145,27 +146,6 @@ def test_workers_on_the_database_register_without_calling_the_server_per_job(
     assert password not in log and password not in redis_text, "the database password leaked"
 
 
-class Cluster:
-    """The test's own PostgreSQL, with a database the server and the worker share."""
-
-    def __init__(self, stack: ExitStack) -> None:
-        self.pg = stack.enter_context(devstack.PostgresCluster())
-        self.uri = self.pg.create_database("mlflow")
-
-    def rows(self, sql: str) -> int:
-        dsn = self.uri.replace("postgresql+psycopg2://", "postgresql://")
-        try:
-            connection = psycopg2.connect(dsn, connect_timeout=2)
-        except psycopg2.OperationalError:
-            return -1
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql)
-                return int(cursor.fetchone()[0])
-        finally:
-            connection.close()
-
-
 def test_postgresql_killed_between_jobs_during_one_and_at_worker_start_every_job_one_version_one_event(
     redis_url: str, sk_model: Any, tmp_path: Path
 ) -> None:
@@ -173,10 +153,11 @@ def test_postgresql_killed_between_jobs_during_one_and_at_worker_start_every_job
     staging.mkdir(parents=True)
     artifacts = tmp_path / "server" / "artifacts"
     with ExitStack() as stack:
-        db = Cluster(stack)
-        server_url = stack.enter_context(compose_server(db.uri, artifacts))
+        pg = stack.enter_context(devstack.PostgresCluster())  # the test's own: it is killed and restarted
+        database_uri = pg.create_database("mlflow")
+        server_url = stack.enter_context(compose_server(database_uri, artifacts))
         receiver = stack.enter_context(WebhookReceiver(SECRET))
-        env, password = direct_env(tmp_path, redis_url, server_url, db.uri, artifacts, receiver)
+        env, password = direct_env(tmp_path, redis_url, server_url, database_uri, artifacts, receiver)
         env["REGISTRY_MAX_RETRIES"] = "60"
         app = client_app(redis_url)
         worker = stack.enter_context(WorkerProcess(env, tmp_path / "worker"))
@@ -184,35 +165,35 @@ def test_postgresql_killed_between_jobs_during_one_and_at_worker_start_every_job
         assert wait_result(app, warm, timeout_s=120).state == "SUCCESS", worker.log_tail()
 
         # 1. PostgreSQL dies between jobs; two jobs arrive while it is down.
-        db.pg.kill()
+        pg.kill()
         waiting = [enqueue_registration(job_fields(save_model_dir(sk_model, staging))) for _ in range(2)]
         wait_until(lambda: "retrying in" in worker.log_text(), timeout_s=60, what="a retry while PostgreSQL is down")
         states_while_down = [app.AsyncResult(job_id).state for job_id in waiting]
-        db.pg.start()
+        pg.start()
         for job_id in waiting:
             assert wait_result(app, job_id, timeout_s=180).state == "SUCCESS", worker.log_tail()
 
         # 2. PostgreSQL dies while a job runs: as soon as its LoggedModel row exists.
-        models_before = db.rows("SELECT count(*) FROM logged_models")
+        models_before = count_rows(database_uri, "SELECT count(*) FROM logged_models")
         running = enqueue_registration(job_fields(save_model_dir(sk_model, staging, padding_mb=32)))
-        wait_until(lambda: db.rows("SELECT count(*) FROM logged_models") > models_before, timeout_s=60,
+        wait_until(lambda: count_rows(database_uri, "SELECT count(*) FROM logged_models") > models_before, timeout_s=60,
                    interval_s=0.005, what="the job's LoggedModel")  # fmt: skip
-        db.pg.kill()
+        pg.kill()
         state_at_kill = app.AsyncResult(running).state
         retries_before = worker.log_text().count("retrying in")
         wait_until(lambda: worker.log_text().count("retrying in") > retries_before, timeout_s=60,
                    what="the running job to retry")  # fmt: skip
-        db.pg.start()
+        pg.start()
         assert wait_result(app, running, timeout_s=180).state == "SUCCESS", worker.log_tail()
 
         # 3. A worker starts while PostgreSQL is down: it starts, and its job waits in retries, not in
         # MLflow's own ~100 s of connection attempts.
         worker.stop()
-        db.pg.kill()
+        pg.kill()
         late = stack.enter_context(WorkerProcess(env, tmp_path / "late-worker"))
         started_job = enqueue_registration(job_fields(save_model_dir(sk_model, staging)))
         wait_until(lambda: "retrying in" in late.log_text(), timeout_s=20, what="the new worker's first retry")
-        db.pg.start()
+        pg.start()
         assert wait_result(app, started_job, timeout_s=180).state == "SUCCESS", late.log_tail()
 
         jobs = [warm, *waiting, running, started_job]

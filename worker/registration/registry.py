@@ -36,7 +36,7 @@ from hokusai_registry.errors import (
 )
 from hokusai_registry.flavors import flavor_for
 from hokusai_registry.redaction import redact_url
-from hokusai_registry.settings import Settings, get_settings, is_tracking_server
+from hokusai_registry.settings import Settings, database_dialect, get_settings, is_tracking_server
 from worker.registration import compat, lineage, model_inputs, served_artifacts, signatures
 from worker.registration.mlflow_errors import mlflow_boundary
 
@@ -109,8 +109,7 @@ def check_database(uri: str, timeout_s: int = 3) -> None:
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
-    dialect = uri.split(":", 1)[0].split("+", 1)[0].lower()
-    connect_args = {"connect_timeout": timeout_s} if dialect in {"postgresql", "mysql"} else {}
+    connect_args = {"connect_timeout": timeout_s} if database_dialect(uri) in {"postgresql", "mysql"} else {}
     engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=connect_args)
     try:
         with engine.connect():
