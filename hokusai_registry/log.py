@@ -137,3 +137,6 @@ def configure_logging(settings: Settings, *, loglevel: int | str | None = None) 
     root.setLevel(level)
     for noisy in ("urllib3", "alembic", "botocore", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # MLflow logs every failed database session (workers on the tracking database) with a traceback and
+    # its SQL; the worker reports the failure once itself, in its retry warning or failure record.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)

@@ -214,6 +214,7 @@ def test_postgresql_killed_between_jobs_during_one_and_at_worker_start_every_job
     assert [m.model_id for m in logged if m.status == LoggedModelStatus.PENDING] == []
     assert failures == []
     assert "MLflow unavailable" in log or "MLflow store unavailable" in log
+    assert "SQLAlchemy database error" not in log, "MLflow's traceback per failed session is not repeated"
     assert password not in log
 
 
