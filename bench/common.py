@@ -107,14 +107,19 @@ def bootstrap_paired_difference_ms(
     top: list[float], bottom: list[float], *, rounds: int = 2000, seed: int = 13
 ) -> tuple[float, float] | None:
     """95% bootstrap interval of the median of ``top[i] - bottom[i]`` (rounds resampled), in ms."""
+    interval = bootstrap_median([a - b for a, b in zip(top, bottom, strict=True)], rounds=rounds, seed=seed)
+    return (round(1000 * interval[0], 2), round(1000 * interval[1], 2)) if interval else None
+
+
+def bootstrap_median(values: list[float], *, rounds: int = 2000, seed: int = 13) -> tuple[float, float] | None:
+    """95% bootstrap interval of the median of ``values`` (per-round differences or ratios, resampled)."""
     import random
 
-    diffs = [a - b for a, b in zip(top, bottom, strict=True)]
-    if not diffs:
+    if not values:
         return None
     rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(diffs, k=len(diffs))) for _ in range(rounds))
-    return round(1000 * medians[int(0.025 * rounds)], 2), round(1000 * medians[int(0.975 * rounds) - 1], 2)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds))
+    return medians[int(0.025 * rounds)], medians[int(0.975 * rounds) - 1]
 
 
 def per_round_ratios(ones: list[dict[str, Any]], twos: list[dict[str, Any]]) -> list[float]:

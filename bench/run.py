@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=30, help="repetitions of the cheap variants (default 30)")
     parser.add_argument("--old-reps", type=int, default=10, help="repetitions of the ~3 s old path (default 10)")
     parser.add_argument("--batch", type=int, default=40, help="jobs per throughput batch (default 40)")
-    parser.add_argument("--throughput-reps", type=int, default=4, help="batches per worker count (default 4)")
+    parser.add_argument("--throughput-reps", type=int, default=8, help="batches per worker count (default 8)")
     parser.add_argument("--stores", default="sqlite,postgres", help="comma-separated: sqlite,postgres")
     parser.add_argument(
         "--topology",
@@ -547,6 +547,9 @@ def ratios_of(result: dict[str, Any]) -> dict[str, Any]:
             pairs := common.per_round_ratios(result["throughput"]["1"]["batches"], result["throughput"]["2"]["batches"])
         ),
         "throughput_2w_over_1w_paired": round(statistics.median(pairs), 3) if pairs else None,
+        "throughput_2w_over_1w_paired_ci95": (
+            [round(bound, 3) for bound in interval] if (interval := common.bootstrap_median(pairs)) else None
+        ),
     }
 
 
