@@ -140,3 +140,26 @@ def configure_logging(settings: Settings, *, loglevel: int | str | None = None) 
     # MLflow logs every failed database session (workers on the tracking database) with a traceback and
     # its SQL; the worker reports the failure once itself, in its retry warning or failure record.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
+@contextmanager
+def logging_kept() -> Iterator[None]:
+    """Put back what code inside the block did to the logging configuration.
+
+    MLflow 3.4 creates a SQL store's tables through alembic, whose ``env.py`` runs
+    ``logging.config.fileConfig``: the root logger's handlers (our format, JSON, job context) are
+    replaced and its level set to WARN for the rest of the process. The root logger's handlers and
+    level, and every existing logger's level, are restored on exit.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    loggers = logging.root.manager.loggerDict
+    levels = {name: logger.level for name, logger in loggers.items() if isinstance(logger, logging.Logger)}
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, logger in logging.root.manager.loggerDict.items():
+            if isinstance(logger, logging.Logger):
+                logger.setLevel(levels.get(name, logging.NOTSET))

@@ -35,6 +35,7 @@ from hokusai_registry.errors import (
     RegistryUnavailableError,
 )
 from hokusai_registry.flavors import flavor_for
+from hokusai_registry.log import logging_kept
 from hokusai_registry.redaction import redact_url
 from hokusai_registry.settings import Settings, database_dialect, get_settings, is_tracking_server
 from worker.registration import compat, lineage, model_inputs, served_artifacts, signatures
@@ -161,7 +162,8 @@ class HokusaiModelRegistry:
             server = self.tracking_uri if database_uri else None
             served_artifacts.install(self.settings.served_artifacts_destination, server_url=server)
         self._activate()
-        with mlflow_boundary("opening the MLflow store"):  # a local store is opened (and migrated) here
+        # a local store is opened (and migrated) here; MLflow 3.4 then reconfigures logging (log.logging_kept)
+        with mlflow_boundary("opening the MLflow store"), logging_kept():
             if database_uri:
                 check_database(database_uri)
             self.client = MlflowClient(tracking_uri=self.store_uri, registry_uri=self.store_uri)
