@@ -95,10 +95,8 @@ def stored_values(redis_url: str) -> str:
 
 
 def test_workers_on_the_database_register_without_calling_the_server_per_job(
-    redis_url: str, sk_model: Any, tmp_path: Path
+    redis_url: str, sk_model: Any, tmp_path: Path, staging: Path
 ) -> None:
-    staging = tmp_path / "home" / "staging"
-    staging.mkdir(parents=True)
     artifacts = tmp_path / "server" / "artifacts"
     with ExitStack() as stack:
         database_uri = stack.enter_context(fresh_database())
@@ -149,10 +147,8 @@ def test_workers_on_the_database_register_without_calling_the_server_per_job(
 
 
 def test_postgresql_killed_between_jobs_during_one_and_at_worker_start_every_job_one_version_one_event(
-    redis_url: str, sk_model: Any, tmp_path: Path
+    redis_url: str, sk_model: Any, tmp_path: Path, staging: Path
 ) -> None:
-    staging = tmp_path / "home" / "staging"
-    staging.mkdir(parents=True)
     artifacts = tmp_path / "server" / "artifacts"
     with ExitStack() as stack:
         pg = stack.enter_context(devstack.PostgresCluster())  # the test's own: it is killed and restarted
