@@ -6,17 +6,20 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from devtools.builders import WALLET
 from devtools.devstack import free_port, log_tail, stop_process_group
 from devtools.receiver import ScriptedResponse, WebhookReceiver
-from hokusai_registry.contract import REGISTER_TASK, WEBHOOK_TASK
+from hokusai_registry import quarantine
+from hokusai_registry.contract import REGISTER_TASK, REGISTRATION_QUEUE, WEBHOOK_QUEUE, WEBHOOK_TASK
 from producers import enqueue_registration
 from producers.enqueue import webhook_task_id
 from tests.queue_helpers import client_app, job_fields, save_model_dir
@@ -28,15 +31,16 @@ pytestmark = pytest.mark.slow
 AUTH = ("operator", "flower-test-password")
 
 
-@pytest.fixture
-def flower(redis_url: str, tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def running_flower(redis_url: str, log_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """A real ``celery -A worker flower`` on a free loopback port; yield its URL (``env`` adds variables)."""
     port = free_port()
-    log_path = tmp_path / "flower.log"
+    log_path = log_dir / f"flower-{port}.log"
     # As docker-compose.yml runs it: the login comes from FLOWER_BASIC_AUTH, never from an argument.
     command = [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1"]
-    env = {**os.environ, "REDIS_URL": redis_url, "FLOWER_BASIC_AUTH": f"{AUTH[0]}:{AUTH[1]}"}
+    full_env = {**os.environ, "REDIS_URL": redis_url, "FLOWER_BASIC_AUTH": f"{AUTH[0]}:{AUTH[1]}", **(env or {})}
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
 
@@ -52,6 +56,12 @@ def flower(redis_url: str, tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         stop_process_group(process, timeout_s=10)
+
+
+@pytest.fixture
+def flower(redis_url: str, tmp_path: Path) -> Iterator[str]:
+    with running_flower(redis_url, tmp_path) as url:
+        yield url
 
 
 def flower_task(url: str, task_id: str) -> dict[str, Any] | None:
@@ -140,3 +150,27 @@ def test_flower_api_refuses_requests_without_credentials(flower: str) -> None:
     assert httpx.get(f"{flower}/api/tasks", auth=AUTH, timeout=5).status_code == 200
     metrics = httpx.get(f"{flower}/metrics", timeout=5)  # Celery's task metrics, for Prometheus
     assert metrics.status_code == 200 and "flower_events_total" in metrics.text
+
+
+def test_flower_lists_the_running_worker_and_its_refreshes_quarantine_nothing(
+    flower: str, worker_env: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    store = quarantine.store(redis.Redis.from_url(redis_url))
+
+    def workers() -> dict[str, Any]:  # what the Workers page asks for: the workers' inspect replies
+        response = httpx.get(f"{flower}/api/workers", params={"refresh": "1"}, auth=AUTH, timeout=30)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    with WorkerProcess(worker_env, tmp_path) as worker:
+        listed = wait_until(lambda: {n: w for n, w in workers().items() if n.startswith(f"{worker.name}@")},
+                            timeout_s=60, what=f"flower to list {worker.name}")  # fmt: skip
+        for _ in range(3):  # each refresh is a round of inspect calls, replies on a pidbox reply queue
+            assert any(name.startswith(f"{worker.name}@") for name in workers())
+        log = worker.log_text()
+
+    (info,) = listed.values()
+    assert {queue["name"] for queue in info["active_queues"]} == {REGISTRATION_QUEUE, WEBHOOK_QUEUE}
+    assert REGISTER_TASK in info["registered"]
+    assert store.list() == [], [record.reason for record in store.list()]
+    assert "quarantined" not in log

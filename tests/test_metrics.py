@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +18,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools import devstack
 from devtools.builders import WALLET
 from devtools.devstack import free_port
 from devtools.receiver import WebhookReceiver
@@ -23,9 +27,10 @@ from hokusai_registry.contract import REGISTRATION_QUEUE, WEBHOOK_QUEUE
 from producers import enqueue_registration
 from producers.enqueue import webhook_task_id
 from tests.queue_helpers import client_app, job_fields, save_model_dir, wait_result
+from tests.test_flower import running_flower
 from tests.test_webhooks_e2e import SECRET
 from tests.worker_process import ROOT, WorkerProcess, wait_until
-from worker.metrics import EXPORTED_METRICS, QUARANTINE_KEY, RedisCollector
+from worker.metrics import EXPORTED_METRICS, PRIVATE_FOLDER_PREFIX, QUARANTINE_KEY, RedisCollector
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -113,6 +118,95 @@ def test_metrics_endpoint_of_a_prefork_worker_counts_real_jobs(
     names = {name for name, _ in samples}
     for metric in EXPORTED_METRICS:
         assert any(name == metric or name.startswith(f"{metric}_") for name in names), metric
+
+
+def scrape(url: str) -> Samples:
+    return parse(httpx.get(url, timeout=5).text)
+
+
+def counters_folder(worker: devstack.WorkerProcess) -> Path:
+    """The private folder a worker without PROMETHEUS_MULTIPROC_DIR keeps its counters in (it logs it)."""
+    found = re.search(r"/metrics \(counters in (.+)\)$", worker.log_text(), re.MULTILINE)
+    assert found, worker.log_tail()
+    return Path(found.group(1))
+
+
+@pytest.mark.slow
+def test_metrics_port_alone_sums_every_pool_process_in_a_private_folder_removed_at_stop(
+    worker_env: dict[str, str], redis_url: str, staging: Path, sk_model: Any, tmp_path: Path
+) -> None:
+    """As the README runs a worker: METRICS_PORT, no PROMETHEUS_MULTIPROC_DIR (`celery` has imported
+    prometheus_client, through Flower's plugin, before the app is loaded)."""
+    jobs = 4
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    model_dir = save_model_dir(sk_model, staging)
+    app = client_app(redis_url)
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    clients_tmp = tmp_path / "clients-tmp"  # the temp dir of the other commands that load the app
+    clients_tmp.mkdir()
+
+    def run_jobs(count: int, worker: devstack.WorkerProcess) -> None:
+        job_ids = [enqueue_registration(job_fields(model_dir)) for _ in range(count)]
+        for job_id in job_ids:
+            assert wait_result(app, webhook_task_id(job_id), 120).state == "SUCCESS", worker.log_tail()
+
+    def counted(count: int) -> Samples:  # postrun signals run just after the result is stored: poll
+        return wait_until(lambda: (s := scrape(url)) and value(s, "hokusai_webhook_events_total",
+                                                                 outcome="delivered") == count and s,
+                          timeout_s=20, what=f"the metrics to count {count} jobs")  # fmt: skip
+
+    with WebhookReceiver(SECRET) as receiver:
+        env = {**worker_env, "WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET, "WEBHOOK_ALLOW_HTTP": "true",
+               "METRICS_PORT": str(port)}  # fmt: skip
+        with WorkerProcess(env, tmp_path, concurrency=2) as worker:
+            run_jobs(jobs, worker)
+            samples = counted(jobs)
+            folder = counters_folder(worker)
+            assert folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith(PRIVATE_FOLDER_PREFIX)
+            counting_pids = {path.stem.rsplit("_", 1)[1] for path in folder.glob("counter_*.db")}
+            # the compose healthcheck runs `celery inspect ping` beside the worker, with METRICS_PORT set
+            others = {**worker.env, "TMPDIR": str(clients_tmp)}
+            ping = subprocess.run([sys.executable, "-m", "celery", "-A", "worker", "inspect", "ping", "--timeout",
+                                   "20", "-d", f"{worker.name}@{socket.gethostname()}"], cwd=ROOT, env=others,
+                                  capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert ping.returncode == 0, ping.stdout + ping.stderr
+            with running_flower(redis_url, tmp_path, {"METRICS_PORT": str(port), "TMPDIR": str(clients_tmp)}):
+                pass
+            after_others = scrape(url)
+        assert not folder.exists(), "the private folder outlived its warm-stopped worker"
+        with WorkerProcess(env, tmp_path, concurrency=2) as restarted:
+            run_jobs(1, restarted)
+            after_restart = counted(1)
+            second_folder = counters_folder(restarted)
+        assert not second_folder.exists()
+
+    assert len(counting_pids) == 2, f"both pool processes counted: {sorted(counting_pids)}"
+    assert value(samples, "hokusai_registrations_total", outcome="success") == jobs
+    assert value(samples, "hokusai_registration_duration_seconds_count", outcome="success") == jobs
+    assert value(samples, "hokusai_webhook_attempts_total", status_class="2xx") == jobs
+    assert value(samples, "hokusai_webhook_events_total", outcome="delivered") == jobs
+    assert list(clients_tmp.iterdir()) == [], "only the worker makes a metrics folder"
+    assert value(after_others, "hokusai_registrations_total", outcome="success") == jobs
+    assert second_folder != folder
+    assert value(after_restart, "hokusai_registrations_total", outcome="success") == 1, "a restart counts from zero"
+    assert value(after_restart, "hokusai_webhook_attempts_total", status_class="2xx") == 1
+
+
+@pytest.mark.slow
+def test_a_sigkilled_workers_private_metrics_folder_is_removed_by_the_next_worker(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**worker_env, "METRICS_PORT": str(free_port())}
+    killed = WorkerProcess(env, tmp_path, concurrency=1).start()
+    try:
+        left = counters_folder(killed)
+    finally:
+        killed.kill()  # SIGKILL: no atexit handler runs
+    assert left.is_dir(), "SIGKILL leaves the folder behind"
+    with WorkerProcess({**env, "METRICS_PORT": str(free_port())}, tmp_path, concurrency=1) as next_worker:
+        counters_folder(next_worker)  # it has chosen its own folder, after the sweep
+        assert not left.exists(), "the next worker on the host removes a dead worker's metrics folder"
 
 
 def test_redis_gauges_count_waiting_jobs_their_age_and_the_stores(redis_url: str, staging: Path) -> None:

@@ -21,8 +21,11 @@ from producers import enqueue_registration
 from tests.queue_helpers import client_app, job_fields, save_model_dir, wait_result
 from tests.test_webhooks_e2e import SECRET
 from tests.worker_process import WorkerProcess, wait_until
+from worker.queues import queue_keys
 
 pytestmark = pytest.mark.slow
+
+ON_A_PRIORITY_STEP = b"\x81 raw bytes on a priority step's list"
 
 
 def envelope(task: str, args: list[Any], queue: str, *, content_type: str = "application/json",
@@ -80,8 +83,9 @@ def test_poison_on_both_queues_is_quarantined_and_the_same_worker_goes_on(
         pid = worker.process.pid
         for queue, raw, _ in items:
             client.lpush(queue, raw)
+        client.lpush(queue_keys(REGISTRATION_QUEUE)[-1], ON_A_PRIORITY_STEP)  # kombu's list for priority 9
         store = quarantine.store(client)
-        wait_until(lambda: len(store.list()) >= len(items), timeout_s=30, what="every poison message quarantined")
+        wait_until(lambda: len(store.list()) > len(items), timeout_s=30, what="every poison message quarantined")
 
         job_id = enqueue_registration(job_fields(save_model_dir(sk_model, staging)))
         result = wait_result(client_app(redis_url), job_id)
@@ -95,9 +99,10 @@ def test_poison_on_both_queues_is_quarantined_and_the_same_worker_goes_on(
 
     assert "Unrecoverable error" not in log
     records = store.list()
-    assert len(records) == len(items)  # each once: nothing retried in a loop
-    assert client.llen(REGISTRATION_QUEUE) == 0 and client.llen(WEBHOOK_QUEUE) == 0
+    assert len(records) == len(items) + 1  # each once: nothing retried in a loop
+    assert not any(client.llen(key) for queue in (REGISTRATION_QUEUE, WEBHOOK_QUEUE) for key in queue_keys(queue))
     kept = {(record.queue, record.raw): record for record in records}
+    assert "not JSON" in kept[(REGISTRATION_QUEUE, ON_A_PRIORITY_STEP)].reason
     for queue, raw, word in items:
         record = kept[(queue, raw)]
         assert word in record.reason, (record.reason, word)
@@ -106,7 +111,7 @@ def test_poison_on_both_queues_is_quarantined_and_the_same_worker_goes_on(
     runner = CliRunner()
     listed = runner.invoke(main, ["jobs", "quarantined"])
     assert listed.exit_code == 0, listed.output
-    assert len(json.loads(listed.stdout)) == len(items)
+    assert len(json.loads(listed.stdout)) == len(items) + 1
     first = records[0]
     shown = runner.invoke(main, ["jobs", "show-quarantined", first.quarantine_id])
     assert shown.exit_code == 0, shown.output

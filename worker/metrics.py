@@ -1,18 +1,21 @@
 """The worker's Prometheus metrics: counters from Celery signals, gauges read from Redis at scrape time.
 
 Counters and the histogram are counted in the pool processes that run the tasks, in
-``prometheus_client``'s multiprocess mode (one file per process in ``PROMETHEUS_MULTIPROC_DIR``):
-``worker.celery_app`` prepares that folder before it imports this module whenever ``METRICS_PORT``
-is set. The main worker process serves ``/metrics`` on ``METRICS_HOST:METRICS_PORT`` (the
-:class:`MetricsServer` bootstep): the summed counters plus :class:`RedisCollector`, which counts
-the stores and the queues in Redis at each scrape. Every metric is in docs/operations.md.
+``prometheus_client``'s multiprocess mode (one file per process in ``PROMETHEUS_MULTIPROC_DIR``).
+With ``METRICS_PORT`` set, the :class:`MetricsServer` bootstep, in the worker's main process and
+before the pool forks, chooses that folder (:func:`use_metrics_folder`) and serves ``/metrics`` on
+``METRICS_HOST:METRICS_PORT``: the summed counters plus :class:`RedisCollector`, which counts the
+stores and the queues in Redis at each scrape. Other commands that load the app (``celery inspect``,
+``flower``, ``hokusai-registry``) create no folder. Every metric is in docs/operations.md.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,30 +23,23 @@ from typing import Any
 
 import redis
 from celery import bootsteps, signals
-from kombu.transport.redis import PRIORITY_STEPS, Channel
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from hokusai_registry import failed_jobs
-from hokusai_registry.contract import (
-    DELIVER_WEBHOOK_TASK,
-    ENQUEUED_AT_HEADER,
-    REGISTER_TASK,
-    REGISTRATION_QUEUE,
-    WEBHOOK_QUEUE,
-    WEBHOOK_TASK,
-)
+from hokusai_registry.contract import DELIVER_WEBHOOK_TASK, ENQUEUED_AT_HEADER, REGISTER_TASK, WEBHOOK_TASK
 from hokusai_registry.errors import HokusaiError, WebhookDeadLetteredError
 from hokusai_registry.quarantine import QUARANTINE_KEY
 from hokusai_registry.redis_client import connect
 from hokusai_registry.settings import Settings, get_settings
+from worker import scratch
+from worker.queues import QUEUES, queue_keys
 from worker.webhooks.store import EventStore
 
 logger = logging.getLogger(__name__)
 
-QUEUES = (REGISTRATION_QUEUE, WEBHOOK_QUEUE)
 DURATION_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 
 REGISTRATIONS = Counter(
@@ -119,11 +115,6 @@ def _task_finished(
 
 
 # ---------------------------------------------------------------------- gauges from Redis
-def queue_keys(queue: str) -> list[str]:
-    """The Redis lists kombu keeps a queue in (one per priority step; step 0 is the queue's name)."""
-    return [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS]
-
-
 def oldest_age_s(client: redis.Redis, queue: str, now: float) -> float:
     """Seconds the oldest waiting message of ``queue`` has waited (0 when empty or unstamped)."""
     ages = [0.0]
@@ -180,21 +171,55 @@ class RedisCollector(Collector):
             "hokusai_queue_oldest_job_age_seconds", "Seconds the oldest waiting message has waited.", labels=["queue"]
         )
         now = time.time()
-        steps = len(PRIORITY_STEPS)
-        for index, queue in enumerate(QUEUES):
-            depth.add_metric([queue], sum(lengths[index * steps : (index + 1) * steps]))
+        for queue in QUEUES:
+            steps = len(queue_keys(queue))
+            depth.add_metric([queue], sum(lengths[:steps]))
+            lengths = lengths[steps:]
             age.add_metric([queue], oldest_age_s(self.client, queue, now))
         yield depth
         yield age
 
 
-def metrics_registry(settings: Settings) -> CollectorRegistry:
-    """What ``/metrics`` serves: every process's counters (multiprocess mode) plus the Redis gauges."""
+def metrics_registry(settings: Settings, folder: Path) -> CollectorRegistry:
+    """What ``/metrics`` serves: every process's counters (from ``folder``) plus the Redis gauges."""
     registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        MultiProcessCollector(registry)
+    MultiProcessCollector(registry, path=str(folder))
     registry.register(RedisCollector(settings.redis_url))
     return registry
+
+
+#: The name of a worker's private metrics folder (when PROMETHEUS_MULTIPROC_DIR is unset) starts so.
+PRIVATE_FOLDER_PREFIX = "hokusai-metrics-"
+
+
+def use_metrics_folder(settings: Settings) -> Path:
+    """Point prometheus_client's multiprocess mode at this worker's folder, empty; return it.
+
+    ``PROMETHEUS_MULTIPROC_DIR`` when set (emptied: a previous run's files would be summed into
+    this run's counters), else a fresh private temporary folder, removed when this process exits.
+    Call it in the worker's main process before the pool forks. prometheus_client may already be
+    imported (``celery`` loads Flower's plugin, which imports it) and chose its in-memory values
+    then, which no other process can sum: it is switched to the multiprocess ones here. Counter
+    values are made per label set, at the first count in each pool process, so none exists yet.
+    """
+    if settings.prometheus_multiproc_dir is not None:
+        folder = settings.prometheus_multiproc_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+    else:
+        scratch.sweep_dead(PRIVATE_FOLDER_PREFIX)  # SIGKILLed workers' folders
+        folder = scratch.own_folder(PRIVATE_FOLDER_PREFIX)
+        atexit.register(_remove_private_folder, folder, os.getpid())
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    if values.ValueClass is values.MutexValue:  # chosen at import, before the variable was set
+        values.ValueClass = values.get_value_class()
+    return folder
+
+
+def _remove_private_folder(folder: Path, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:  # not in a pool process that inherited the handler
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class MetricsServer(bootsteps.StartStopStep):
@@ -204,15 +229,15 @@ class MetricsServer(bootsteps.StartStopStep):
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        if get_settings().metrics_port is not None and folder:
-            # Before the pool forks: a previous run's files would be summed into this run's counters.
-            for stale in Path(folder).glob("*.db"):
-                stale.unlink()
+        settings = get_settings()
+        # Steps are made before the pool forks: its processes inherit the folder and the value class.
+        self.folder = use_metrics_folder(settings) if settings.metrics_port is not None else None
 
     def start(self, parent: Any) -> None:
         settings = get_settings()
-        if settings.metrics_port is None:
+        if settings.metrics_port is None or self.folder is None:
             return
-        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics_registry(settings))
-        logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+        registry = metrics_registry(settings, self.folder)
+        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
+        host, port = settings.metrics_host, settings.metrics_port
+        logger.info("metrics on http://%s:%d/metrics (counters in %s)", host, port, self.folder)

@@ -8,12 +8,20 @@ exist: the worker's Redis client inspects every ``BRPOP`` reply before kombu par
 that no task could run is written to the quarantine (``hokusai_registry.quarantine``, with its
 raw bytes, queue and reason) and replaced by "nothing popped", so the loop goes on.
 
+Only items popped from the product's task queues (``worker.queues``) are judged. Everything else
+on the same transport is Celery's own traffic and passes untouched: the replies of remote control
+(``celery inspect|control|status``, Flower's Workers page, mingle at start-up) arrive on
+``<uuid>.reply.celery.pidbox`` lists, which the client process that asked pops with ``BRPOP``
+(it loads this app too); broadcasts and events come over pub/sub.
+
 Checked, in order: JSON; a kombu envelope (properties with delivery tag and delivery info);
 ``application/json`` content (never pickle); a Celery protocol-2 task message (``task`` and
 ``id`` headers; well-typed ``timelimit``, ``eta``, ``expires``, ``retries``, ids); a body that
 decodes (base64, UTF-8, JSON ``[args, kwargs, embed]``); a task this worker knows; arguments
 that fit the task's signature. Celery's own consumer callbacks for unknown/invalid messages are
-overridden too, and its task handler is guarded (:class:`QuarantiningConsumer`), as a second net.
+overridden too, and its task handler is guarded (:class:`QuarantiningConsumer`), as a second net
+under the same rule: the channel tells each message which queue it came from, and only a product
+queue's message is quarantined (Celery's pidbox consumer shares the decode-error callback).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from kombu.transport import redis as kombu_redis
 from hokusai_registry import quarantine
 from hokusai_registry.redis_client import connect
 from hokusai_registry.settings import get_settings
+from worker.queues import PRODUCT_QUEUE_KEYS, QUEUES
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +164,26 @@ def _known_tasks() -> Any:
     return app.tasks
 
 
+#: The attribute :class:`Channel` sets on every message it delivers: the queue it came from.
+POPPED_FROM = "hokusai_popped_from"
+
+
+def from_product_queue(message: Any) -> bool:
+    """Whether a delivered message came from one of the product's task queues (not Celery's own)."""
+    return getattr(message, POPPED_FROM, None) in QUEUES
+
+
 class Channel(kombu_redis.Channel):
-    """kombu's Redis channel, with a client that inspects every BRPOP reply before kombu parses it."""
+    """kombu's Redis channel: every BRPOP reply from a product queue is checked before kombu parses it."""
+
+    def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any) -> Any:
+        """kombu's consumer registration; each message delivered also names its queue (for the second net)."""
+
+        def tell_queue(message: Any) -> Any:
+            setattr(message, POPPED_FROM, queue)
+            return callback(message)
+
+        return super().basic_consume(queue, no_ack, tell_queue, consumer_tag, **kwargs)
 
     def _get_client(self) -> Any:
         base = super()._get_client()
@@ -168,7 +195,10 @@ class Channel(kombu_redis.Channel):
                 response = super().parse_response(connection, command_name, **options)
                 if command_name == "BRPOP" and response:
                     dest, item = response
-                    queue = (dest.decode() if isinstance(dest, bytes) else str(dest)).rsplit(sep, 1)[0]
+                    key = dest.decode() if isinstance(dest, bytes) else str(dest)
+                    if key not in PRODUCT_QUEUE_KEYS:  # Celery's own (a remote-control reply): not ours to judge
+                        return response
+                    queue = key.rsplit(sep, 1)[0]
                     raw = item if isinstance(item, bytes) else str(item).encode()
                     try:
                         check_message(raw, _known_tasks())
@@ -193,8 +223,7 @@ class QuarantiningConsumer(Consumer):
         raw = json.dumps(
             {"headers": message.headers, "properties": message.properties, "body": _text(message.body)}, default=str
         ).encode()
-        info = message.delivery_info or {}
-        keep(raw, queue=str(info.get("routing_key") or "?"), refused=Refused(reason))
+        keep(raw, queue=str(getattr(message, POPPED_FROM)), refused=Refused(reason))
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's handler, guarded: a message it cannot even turn into a request is quarantined.
@@ -211,6 +240,8 @@ class QuarantiningConsumer(Consumer):
             except connection_errors:
                 raise
             except Exception as exc:
+                if not from_product_queue(message):
+                    raise
                 self._keep(message, f"invalid task message: {type(exc).__name__}: {exc}")
                 if not message.acknowledged:
                     message.reject_log_error(logger, self.connection_errors)
@@ -219,19 +250,23 @@ class QuarantiningConsumer(Consumer):
         return guarded
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        self._keep(message, f"undecodable message: {exc}")
+        if from_product_queue(message):  # Celery's pidbox consumer calls this too
+            self._keep(message, f"undecodable message: {exc}")
         super().on_decode_error(message, exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        self._keep(message, "not a Celery task message")
+        if from_product_queue(message):
+            self._keep(message, "not a Celery task message")
         super().on_unknown_message(body, message)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._keep(message, f"unknown task: {exc}")
+        if from_product_queue(message):
+            self._keep(message, f"unknown task: {exc}")
         super().on_unknown_task(body, message, exc)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._keep(message, f"invalid task message: {exc}")
+        if from_product_queue(message):
+            self._keep(message, f"invalid task message: {exc}")
         super().on_invalid_task(body, message, exc)
 
 

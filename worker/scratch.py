@@ -25,7 +25,8 @@ def process_dir(pid: int | None = None) -> Path:
     return _SYSTEM_TEMP / f"{PREFIX}{pid or os.getpid()}"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` runs (on this host)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -35,17 +36,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_dead() -> list[Path]:
-    """Remove the scratch folders of processes that no longer run; return what was removed."""
+def sweep_dead(prefix: str = PREFIX) -> list[Path]:
+    """Remove the ``<system temp>/<prefix><pid>`` folders of processes that no longer run; return them.
+
+    Scratch folders by default; the worker's private metrics folders use the same rule.
+    """
     removed = []
-    for folder in _SYSTEM_TEMP.glob(f"{PREFIX}*"):
-        suffix = folder.name.removeprefix(PREFIX)
-        if suffix.isdigit() and int(suffix) != os.getpid() and not _alive(int(suffix)):
+    for folder in _SYSTEM_TEMP.glob(f"{prefix}*"):
+        suffix = folder.name.removeprefix(prefix)
+        if suffix.isdigit() and int(suffix) != os.getpid() and not pid_alive(int(suffix)):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     if removed:
-        logger.info("removed %d scratch folder(s) of dead worker processes", len(removed))
+        logger.info("removed %d %s* folder(s) of dead worker processes", len(removed), prefix)
     return removed
+
+
+def own_folder(prefix: str) -> Path:
+    """``<system temp>/<prefix><this pid>``, new, empty and private to this user (a same-pid leftover is replaced)."""
+    folder = _SYSTEM_TEMP / f"{prefix}{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700)
+    return folder
 
 
 def use_process_dir() -> Path:
