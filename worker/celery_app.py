@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from celery import Celery, bootsteps, signals
@@ -14,29 +11,12 @@ from celery import Celery, bootsteps, signals
 from hokusai_registry import log
 from hokusai_registry.contract import stamp_enqueued_at
 from hokusai_registry.errors import ConfigurationError
-from hokusai_registry.settings import Settings, get_settings, settings_or_exit
+from hokusai_registry.settings import get_settings, settings_or_exit
 from worker import mlflow_defaults
 
 mlflow_defaults.apply()  # before anything imports mlflow
-
-
-def prepare_metrics_dir(settings: Settings) -> None:
-    """With ``METRICS_PORT`` set, point prometheus_client's multiprocess mode at its folder.
-
-    Must run before ``prometheus_client`` is imported (it picks its mode then). The folder is
-    ``PROMETHEUS_MULTIPROC_DIR`` (one per worker), else a fresh temporary one. Only the worker
-    itself empties it (``MetricsServer``): other commands importing the app (``celery inspect``
-    in a healthcheck) must not wipe a running worker's counters.
-    """
-    if settings.metrics_port is None:
-        return
-    folder = settings.prometheus_multiproc_dir or Path(tempfile.mkdtemp(prefix="hokusai-metrics-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
-
-
-prepare_metrics_dir(settings_or_exit("the worker"))
-from worker.metrics import MetricsServer  # noqa: E402  (after the metrics folder is set)
+settings_or_exit("the worker")  # a bad setting stops here, naming the variable
+from worker.metrics import MetricsServer  # noqa: E402  (after mlflow_defaults.apply)
 
 app = Celery("hokusai-registry", include=["worker.tasks"], task_cls="worker.base_task:HokusaiTask")
 app.config_from_object("celeryconfig")
@@ -113,14 +93,37 @@ def _sweep_scratch(**_: Any) -> None:
     scratch.sweep_dead()
 
 
+#: Whether the main process found the MLflow store ready before the pool forked (``_prepare_store``).
+_store_ready = False
+
+
+@signals.celeryd_after_setup.connect
+def _prepare_store(**_: Any) -> None:
+    """Create a new MLflow store once, in the main process and under its lock, before the pool forks.
+
+    Pool processes must not: each would run MLflow's migrations on the same new store at once. This
+    signal comes after logging is set up (``worker_init`` comes before) and before the pool starts.
+    """
+    global _store_ready
+    from worker.registration.store_setup import prepare_worker_store
+
+    _store_ready = prepare_worker_store(get_settings())
+
+
 @signals.worker_process_init.connect
 def _warm_up(**_: Any) -> None:
-    """Open this pool process's MLflow store now, so the first job does not pay for it."""
+    """Open this pool process's MLflow store now, so the first job does not pay for it.
+
+    Only a store the main process found ready: preparing one here could outlast the 4 s Celery
+    gives a pool process to start; the first job prepares it instead.
+    """
     from worker import scratch
     from worker.clients import get_registry
 
     scratch.sweep_dead()
     scratch.use_process_dir()
+    if not _store_ready:
+        return
     try:
         get_registry().experiment_id()
     except Exception:  # MLflow may be down at start-up; the first job will retry

@@ -37,9 +37,10 @@ from hokusai_registry.errors import (
 from hokusai_registry.flavors import flavor_for
 from hokusai_registry.log import logging_kept
 from hokusai_registry.redaction import redact_url
-from hokusai_registry.settings import Settings, database_dialect, get_settings, is_tracking_server
+from hokusai_registry.settings import Settings, get_settings, is_tracking_server
 from worker.registration import compat, lineage, model_inputs, served_artifacts, signatures
 from worker.registration.mlflow_errors import mlflow_boundary
+from worker.registration.store_setup import default_artifact_location, open_for_registry
 
 logger = logging.getLogger(__name__)
 
@@ -85,40 +86,6 @@ class _RunStampedFlavor:
         self.flavor.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
 
 
-def default_artifact_location(tracking_uri: str, settings: Settings) -> str | None:
-    """Where a new experiment keeps artifacts: beside a sqlite file, the server's default, else settings'."""
-    if settings.mlflow_artifact_location:
-        return settings.mlflow_artifact_location
-    if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
-    if is_tracking_server(tracking_uri):
-        # The registry's URI, not MLFLOW_TRACKING_URI: a local folder would strand artifacts on this host.
-        return None
-    return settings.artifact_location
-
-
-def check_database(uri: str, timeout_s: int = 3) -> None:
-    """Connect to ``uri`` once, failing within ``timeout_s``.
-
-    MLflow opens a database store by retrying its first connection 10 times over ~100 s, inside
-    one task attempt (or a worker process's start-up, which Celery gives 4 s). A database that does
-    not answer fails here instead, and Celery's backoff retries the job.
-
-    Raises:
-        sqlalchemy.exc.OperationalError (and the driver's errors): the database cannot be reached.
-    """
-    import sqlalchemy
-    from sqlalchemy.pool import NullPool
-
-    connect_args = {"connect_timeout": timeout_s} if database_dialect(uri) in {"postgresql", "mysql"} else {}
-    engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=connect_args)
-    try:
-        with engine.connect():
-            pass
-    finally:
-        engine.dispose()
-
-
 class HokusaiModelRegistry:
     """Register baseline and improved models; look them up by uuid, lineage or contributor.
 
@@ -156,16 +123,15 @@ class HokusaiModelRegistry:
         if database_uri:
             shown = f"{redact_url(database_uri)}, the database of the tracking server {shown}"
         logger.log(level, "MLflow store: %s (from %s)", shown, source)
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         if is_tracking_server(self.tracking_uri) and (self.settings.served_artifacts_destination or database_uri):
             server = self.tracking_uri if database_uri else None
             served_artifacts.install(self.settings.served_artifacts_destination, server_url=server)
         self._activate()
-        # a local store is opened (and migrated) here; MLflow 3.4 then reconfigures logging (log.logging_kept)
+        # a local store is opened here, created once under a lock first when new (store_setup);
+        # MLflow 3.4 then reconfigures logging (log.logging_kept)
         with mlflow_boundary("opening the MLflow store"), logging_kept():
-            if database_uri:
-                check_database(database_uri)
+            open_for_registry(self.store_uri, server_owned=database_uri is not None,
+                              artifact_root=default_artifact_location(self.tracking_uri, self.settings))  # fmt: skip
             self.client = MlflowClient(tracking_uri=self.store_uri, registry_uri=self.store_uri)
         #: Creates the experiment: through the server, which gives it the server's artifact location.
         self._experiment_client = MlflowClient(tracking_uri=self.tracking_uri) if database_uri else self.client
