@@ -1,8 +1,9 @@
 """The ``hokusai-registry`` command line.
 
 Machine-readable output (JSON, job ids) goes to stdout; messages for humans go to stderr.
-Errors from the product's error tree exit with code 2 and their message, without a traceback
-(click's own usage errors exit 2 too); a job that ran and failed exits 1 under ``--wait``.
+Every command exits with a code of ``hokusai_app.exit_codes.ExitCode`` (the one table, shown in
+docs/cli.md and by ``--help``); errors from the product's error tree are mapped to it by
+``exit_code_for`` and shown as ``Error: <message>``, without a traceback.
 Heavy modules (mlflow, the worker, celery) are imported inside the commands that need them.
 """
 
@@ -10,33 +11,52 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import click
 from pydantic import ValidationError
 
+from hokusai_app.exit_codes import ExitCode, exit_code_for, help_table
 from hokusai_registry.contract import MODEL_TYPES, job_json_schema
-from hokusai_registry.errors import ConfigurationError, HokusaiError, InvalidInputError
+from hokusai_registry.errors import ConfigurationError, HokusaiError, InvalidInputError, NotFoundError
 from hokusai_registry.settings import Settings, describe_invalid, get_settings
 
 
 class _ProductError(click.ClickException):
-    exit_code = 2
+    """``Error: <message>`` on stderr and the exit code of the table."""
+
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.exit_code = int(code)  # type: ignore[misc]  # click reads it from the instance
 
 
 class _Group(click.Group):
-    """A group that shows product and MLflow errors as ``Error: <message>`` and exits 2."""
+    """A group that shows errors as ``Error: <message>`` and exits with their code (``exit_code_for``).
+
+    Product and MLflow errors carry no traceback; anything else is a bug: traceback, then ``INTERNAL``.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except HokusaiError as exc:
-            raise _ProductError(str(exc)) from exc
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own: usage errors exit 2, and the codes commands chose
         except Exception as exc:
-            if type(exc).__module__.startswith("mlflow."):  # e.g. a store that refuses a request
-                raise _ProductError(f"MLflow: {exc}") from exc
-            raise
+            code = exit_code_for(exc)
+            if code is ExitCode.INTERNAL:
+                traceback.print_exc(file=sys.stderr)
+                message = f"unexpected {type(exc).__name__}: {exc} (a bug: please report it with the traceback)"
+            elif isinstance(exc, HokusaiError):
+                message = str(exc)
+            else:  # e.g. an MLflow store that refuses a request
+                message = f"MLflow: {exc}"
+            raise _ProductError(message, code) from exc
+
+
+def _exit(code: ExitCode) -> NoReturn:
+    sys.exit(int(code))
 
 
 def _settings() -> Settings:
@@ -54,7 +74,10 @@ def _note(message: str) -> None:
     click.echo(message, err=True)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+_EPILOG = "\b\nExit codes (the same for every command; docs/cli.md):\n" + help_table()
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG)
 @click.version_option(package_name="hokusai-registry", prog_name="hokusai-registry")
 def main() -> None:
     """Queue-backed MLflow model registration for the Hokusai marketplace."""
@@ -159,7 +182,7 @@ def _job_fields(file: IO[str] | None, flags: dict[str, Any]) -> dict[str, Any]:
 def enqueue(file: IO[str] | None, wait: bool, timeout_s: float, **flags: Any) -> None:
     """Enqueue a registration job from flags and/or --file (flags override the file).
 
-    Prints the job id, or with --wait the final status JSON (exit 1 if the job failed).
+    Prints the job id, or with --wait the final status JSON (exit 1 if the job failed, 3 at --timeout).
     """
     from producers.enqueue import enqueue_registration, wait_for_job
 
@@ -172,7 +195,7 @@ def enqueue(file: IO[str] | None, wait: bool, timeout_s: float, **flags: Any) ->
     status = wait_for_job(job_id, timeout_s, settings)
     _echo_json(status)
     if status["state"] != "SUCCESS":
-        sys.exit(1)
+        _exit(ExitCode.NOT_OK)
 
 
 # ------------------------------------------------------------------ jobs
@@ -184,10 +207,11 @@ def jobs() -> None:
 @jobs.command("status")
 @click.argument("job_id")
 def jobs_status(job_id: str) -> None:
-    """Print the state and result/error of JOB_ID as JSON.
+    """Print the state and result/error of JOB_ID as JSON (exit 0 whatever the state, but UNKNOWN).
 
-    State UNKNOWN (exit 1): no producer enqueued JOB_ID while results are kept. A webhook that
-    was dead-lettered shows as FAILURE with its event id and the replay command.
+    State UNKNOWN (exit 1): no producer enqueued JOB_ID while results are kept. The webhook's
+    delivery is read from the webhook event store: delivered (also by a replay) shows SUCCESS,
+    dead-lettered shows FAILURE with the event id and the replay command.
     """
     from hokusai_app.status import full_status
 
@@ -195,7 +219,7 @@ def jobs_status(job_id: str) -> None:
     _echo_json(status)
     if status["state"] == "UNKNOWN":
         _note(f"job {status['job_id']} is unknown: never enqueued, or older than RESULT_EXPIRES_S")
-        sys.exit(1)
+        _exit(ExitCode.NOT_OK)
 
 
 def _parse_since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
@@ -237,7 +261,7 @@ def jobs_show_failed(job_id: str) -> None:
 
     record = failed_jobs.get_failure(_redis(), job_id)
     if record is None:
-        raise click.ClickException(f"no failed job {job_id!r} (see 'hokusai-registry jobs failed')")
+        raise NotFoundError(f"no failed job {job_id!r} (see 'hokusai-registry jobs failed')")
     _echo_json(record.model_dump(mode="json"))
 
 
@@ -271,9 +295,7 @@ def jobs_show_quarantined(quarantine_id: str) -> None:
 
     record = quarantine.store(_redis()).get(quarantine_id)
     if record is None:
-        raise click.ClickException(
-            f"no quarantined message {quarantine_id!r} (see 'hokusai-registry jobs quarantined')"
-        )
+        raise NotFoundError(f"no quarantined message {quarantine_id!r} (see 'hokusai-registry jobs quarantined')")
     _echo_json(record.as_dict(include_raw=True))
 
 
@@ -284,7 +306,7 @@ def jobs_remove_quarantined(quarantine_id: str) -> None:
     from hokusai_registry import quarantine
 
     if not quarantine.store(_redis()).remove(quarantine_id):
-        raise click.ClickException(f"no quarantined message {quarantine_id!r}")
+        raise NotFoundError(f"no quarantined message {quarantine_id!r}")
     _note(f"removed {quarantine_id}")
 
 
@@ -324,7 +346,7 @@ def backfill_uuids(dry_run: bool, tracking_uri: str | None) -> None:
 def _event_store() -> Any:
     from worker.webhooks.store import EventStore
 
-    return EventStore(_redis())
+    return EventStore.for_settings(_settings())
 
 
 @main.group(cls=_Group)
@@ -352,11 +374,22 @@ def webhooks_failed(since: datetime | None) -> None:
 @webhooks.command("show")
 @click.argument("event_id")
 def webhooks_show(event_id: str) -> None:
-    """Show one stored webhook event with its body and delivery history."""
+    """Show one stored webhook event with its body and its delivery history.
+
+    The history lists each attempt (UTC time, HTTP status or error, duration), the last
+    MAX_ATTEMPT_HISTORY of them (older ones are counted in "attempts" but not kept).
+    """
+    from worker.webhooks.store import MAX_ATTEMPT_HISTORY
+
     record = _event_store().get(event_id)
     if record is None:
-        raise click.ClickException(f"no stored webhook event {event_id!r} (delivered ones expire)")
-    _echo_json(record.as_dict(include_body=True))
+        raise NotFoundError(f"no stored webhook event {event_id!r} (delivered ones expire)")
+    _echo_json(record.as_dict(include_body=True, include_history=True))
+    if record.attempts > len(record.history):
+        _note(
+            f"{record.attempts} attempt(s); the history keeps the last {MAX_ATTEMPT_HISTORY}: "
+            f"{record.attempts - len(record.history)} older one(s) not listed"
+        )
 
 
 @webhooks.command("replay")
@@ -370,7 +403,9 @@ def webhooks_replay(event_ids: tuple[str, ...], replay_all: bool, since: datetim
     """
     from worker.webhooks.replay import replay_dead_letters
 
-    if bool(event_ids) == replay_all:
+    if not event_ids and not replay_all:
+        raise click.UsageError("name the EVENT_IDS to replay, or pass --all (see 'hokusai-registry webhooks failed')")
+    if event_ids and replay_all:
         raise click.UsageError("name EVENT_IDS or pass --all, not both")
     if since is not None and not replay_all:
         raise click.UsageError("--since goes with --all")
@@ -383,7 +418,7 @@ def webhooks_replay(event_ids: tuple[str, ...], replay_all: bool, since: datetim
     already = f", {len(report.already_delivered)} already delivered before" if report.already_delivered else ""
     _note(f"{len(report.delivered)} delivered{already}, {len(report.failed)} still undelivered")
     if report.failed:
-        sys.exit(1)
+        _exit(ExitCode.NOT_OK)
 
 
 # ------------------------------------------------------------------ operating
@@ -407,7 +442,7 @@ def doctor(as_json: bool) -> None:
             if check.fix:
                 click.echo(f"      fix: {check.fix}")
     if any(check.status == "fail" for check in checks):
-        sys.exit(1)
+        _exit(ExitCode.NOT_OK)
 
 
 @main.command()

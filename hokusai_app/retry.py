@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hokusai_registry import failed_jobs
 from hokusai_registry.contract import REGISTER_TASK, REGISTRATION_QUEUE, WEBHOOK_QUEUE
-from hokusai_registry.errors import InvalidInputError
+from hokusai_registry.errors import InvalidInputError, NotFoundError
 from hokusai_registry.redis_client import connect
 from hokusai_registry.settings import Settings
 
@@ -16,7 +16,8 @@ def retry_failed_job(job_id: str, settings: Settings) -> str:
     webhook, same job id); another step is sent to its task with its recorded input.
 
     Raises:
-        InvalidInputError: no failure record for ``job_id``, or one without a replayable input.
+        NotFoundError: no failure record for ``job_id``.
+        InvalidInputError: a failure record without a replayable input.
         BrokerUnavailableError: Redis stayed unreachable (the record is kept).
     """
     from producers.broker import call_with_retry, publisher_app
@@ -25,7 +26,7 @@ def retry_failed_job(job_id: str, settings: Settings) -> str:
     client = connect(settings.redis_url)
     record = failed_jobs.get_failure(client, job_id)
     if record is None:
-        raise InvalidInputError(f"no failed job {job_id!r} (see 'hokusai-registry jobs failed')")
+        raise NotFoundError(f"no failed job {job_id!r} (see 'hokusai-registry jobs failed')")
     if record.job is None or ("raw" in record.job and len(record.job) == 1):
         raise InvalidInputError(f"failed job {job_id!r} has no replayable input (it was not a JSON object)")
     if record.task in (None, REGISTER_TASK):

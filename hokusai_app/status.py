@@ -1,33 +1,44 @@
-"""``hokusai-registry jobs status``: the producer's view of a job, plus its webhook's dead letter."""
+"""``hokusai-registry jobs status``: the producer's view of a job, with its webhook's delivery from the event store."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from hokusai_registry.redis_client import connect
 from hokusai_registry.settings import Settings
+
+#: The webhook ``state`` that ``jobs status`` shows for an event in this event-store state.
+_STATE_OF_DELIVERY = {"delivered": "SUCCESS", "dead": "FAILURE"}
 
 
 def full_status(job_id: str, settings: Settings) -> dict[str, Any]:
-    """``producers.job_status`` with the webhook shown as FAILURE when its event was dead-lettered.
+    """``producers.job_status`` with the webhook's delivery read from the webhook event store.
 
-    The webhook *task* of a dead letter may have ended SUCCESS (the event was kept, not lost);
-    the dead-letter store is the truth about delivery, so it is read here.
+    The event store is the durable record of delivery; the webhook *task*'s Celery state is not:
+    a task that dead-lettered its event ended FAILURE and stays so after a replay delivered it,
+    and a dead-lettered event's task may have ended SUCCESS. So a stored event decides the
+    webhook's ``state``: delivered (by the task or a replay) is ``SUCCESS`` with ``delivered_at``;
+    dead-lettered is ``FAILURE`` with the reason and the replay command; pending keeps the task's
+    state (``RETRY`` while a retry waits). ``event_id`` and ``delivery`` (the store's state) are added.
     """
     from producers.enqueue import job_status
     from worker.webhooks.store import EventStore
 
     status = job_status(job_id, settings)
-    store = EventStore(connect(settings.redis_url))
-    letters = [letter for letter in store.dead_letters.list() if letter.job_id == status["job_id"]]
-    if letters:
-        letter = letters[-1]
-        status["webhook"] = {
-            **status["webhook"],
-            "state": "FAILURE",
-            "event_id": letter.event_id,
-            "error": letter.reason,
-            "dead_lettered_at": letter.dead_lettered_at.isoformat(),
-            "replay": f"hokusai-registry webhooks replay {letter.event_id}",
-        }
+    record = EventStore.for_settings(settings).get_for_job(status["job_id"])
+    if record is None:
+        return status
+    webhook: dict[str, Any] = {
+        **status["webhook"],
+        "event_id": record.event.event_id,
+        "delivery": record.state,
+        "attempts": record.attempts,
+    }
+    webhook["state"] = _STATE_OF_DELIVERY.get(record.state, webhook["state"])
+    if record.state == "delivered":
+        webhook["delivered_at"] = record.delivered_at.isoformat() if record.delivered_at else None
+    elif record.state == "dead":
+        webhook["error"] = record.dead_reason
+        webhook["dead_lettered_at"] = record.dead_lettered_at.isoformat() if record.dead_lettered_at else None
+        webhook["replay"] = f"hokusai-registry webhooks replay {record.event.event_id}"
+    status["webhook"] = webhook
     return status

@@ -3,7 +3,8 @@
     HokusaiError
     ├── PermanentError              do not retry: the same input fails the same way
     │   ├── InvalidInputError       (also a ValueError) bad arguments or job fields
-    │   │   ├── ModelNotFoundError      a lookup named a registered model that does not exist
+    │   │   ├── NotFoundError           a command named a record that does not exist (failed job, event, ...)
+    │   │   │   └── ModelNotFoundError      a lookup named a registered model that does not exist
     │   │   ├── InvalidJobError         a registration job that breaks the contract
     │   │   │   ├── ArtifactRejectedError   artifact URI outside the allow-list, or `..` traversal
     │   │   │   └── ArtifactNotFoundError   the URI is allowed but holds no MLflow model
@@ -48,7 +49,11 @@ class InvalidInputError(PermanentError, ValueError):
     """Bad arguments: the message names the field and what is wrong with it."""
 
 
-class ModelNotFoundError(InvalidInputError):
+class NotFoundError(InvalidInputError):
+    """A command or lookup named something that does not exist: a failed job, a stored event, a model."""
+
+
+class ModelNotFoundError(NotFoundError):
     """A lookup named a registered model that does not exist (a ``ValueError``, as before the upgrade)."""
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -22,16 +23,33 @@ import redis
 from celery import Celery
 from click.testing import CliRunner, Result
 
+from devtools import builders
+from devtools.builders import baseline_fields
+from devtools.receiver import WebhookReceiver
 from hokusai_app.cli import main
-from hokusai_registry import failed_jobs
+from hokusai_app.exit_codes import ExitCode, exit_code_for
+from hokusai_registry import failed_jobs, quarantine
 from hokusai_registry.contract import (
     REGISTER_TASK,
     REGISTRATION_QUEUE,
+    RegistrationJob,
     job_json_schema,
 )
-from hokusai_registry.errors import BrokerUnavailableError
+from hokusai_registry.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    InvalidJobError,
+    ModelNotFoundError,
+    NotFoundError,
+    RegistryUnavailableError,
+)
 from hokusai_registry.redis_client import connect
+from hokusai_registry.webhook_policy import new_secret
+from producers import enqueue_registration
+from producers.enqueue import JobTimeoutError
 from tests.support import staged_model
+from worker.webhooks.event import build_event
+from worker.webhooks.store import EventStore
 
 SCRIPT = Path(sys.executable).with_name("hokusai-registry")
 WALLET = "0x" + "cd" * 20
@@ -245,12 +263,12 @@ def test_file_that_is_not_a_job_object_exits_2(tmp_path: Path) -> None:
     assert "Invalid value for '--file': must hold a JSON object" in result.stderr
 
 
-def test_redis_down_exits_2_without_traceback_or_password(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_redis_down_exits_unavailable_without_traceback_or_password(monkeypatch: pytest.MonkeyPatch) -> None:
     port = closed_port()
     monkeypatch.setenv("REDIS_URL", f"redis://:hunter2@127.0.0.1:{port}/0")
     monkeypatch.setenv("ENQUEUE_RETRY_S", "0.5")
     result = run("enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", M)
-    assert result.exit_code == 2
+    assert result.exit_code == ExitCode.UNAVAILABLE
     assert result.stderr.splitlines()[-1].startswith(f"Error: Redis at redis://127.0.0.1:{port}/0 is unreachable")
     assert "hunter2" not in result.output
     assert "Traceback" not in result.output
@@ -281,12 +299,12 @@ def test_jobs_status_with_a_bad_id_exits_2(redis_url: str) -> None:
     assert result.stderr == "Error: job_id must be a UUID, got 'not-a-uuid'\n"
 
 
-def test_enqueue_wait_times_out_with_exit_2(redis_url: str) -> None:
+def test_enqueue_wait_times_out_with_the_timeout_code(redis_url: str) -> None:
     result = run(
         "enqueue", "--job-id", JOB_ID, "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", M,
         "--wait", "--timeout", "0.2",
     )  # fmt: skip
-    assert result.exit_code == 2
+    assert result.exit_code == ExitCode.TIMEOUT
     assert result.stderr.splitlines()[-1] == (f"Error: job {JOB_ID} did not finish within 0.2s (last state: PENDING)")
 
 
@@ -512,7 +530,7 @@ def test_an_unusable_store_is_a_clean_message_not_a_traceback(tmp_path: Path) ->
     not_a_database = tmp_path / "store.db"
     not_a_database.write_text("this is not sqlite")
     result = CliRunner().invoke(main, ["backfill-uuids", "--tracking-uri", f"sqlite:///{not_a_database}"])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == ExitCode.UNAVAILABLE, result.output
     assert "Error: MLflow store unavailable while opening the MLflow store" in result.output
     assert "Traceback" not in result.output
 
@@ -526,3 +544,224 @@ def test_an_mlflow_error_is_a_clean_message_not_a_traceback() -> None:
     assert result.exit_code == 2, result.output
     assert "Error: MLflow: " in result.output and "nosuchscheme" in result.output
     assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ exit codes (the installed script)
+CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+_EXIT_ROW = re.compile(r"^\|\s*(?P<code>\d+)\s*\|\s*`(?P<name>[A-Z_]+)`\s*\|(?P<meaning>.*)\|\s*$")
+UNKNOWN_JOB = "00000000-0000-4000-8000-000000000000"
+
+
+def script(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``hokusai-registry`` console script (the environment of the test, plus ``env``)."""
+    return subprocess.run([SCRIPT, *args], env={**os.environ, **(env or {})}, input=input, capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+
+
+def documented_exit_codes() -> list[tuple[int, str, str]]:
+    section = CLI_DOC.read_text(encoding="utf-8").split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = [_EXIT_ROW.match(line.strip()) for line in section.splitlines()]
+    return [(int(row["code"]), row["name"], row["meaning"].strip()) for row in rows if row]
+
+
+def test_the_documented_exit_codes_are_the_codes() -> None:
+    assert documented_exit_codes() == [(code.value, code.name, code.meaning) for code in ExitCode]
+    assert "[docs/cli.md](docs/cli.md)" in (CLI_DOC.parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_top_level_help_prints_the_exit_codes() -> None:
+    done = script("--help")
+    assert done.returncode == ExitCode.OK, done.stderr
+    help_text = " ".join(done.stdout.split())
+    assert "Exit codes (the same for every command; docs/cli.md):" in help_text
+    for code in ExitCode:
+        assert f"{code.value} {code.name}: {' '.join(code.meaning.replace('`', '').split())}" in help_text
+
+
+def _mlflow_error() -> BaseException:
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException("unsupported scheme")
+
+
+@pytest.mark.parametrize(
+    ("make_error", "code"),
+    [
+        (lambda: JobTimeoutError("job x did not finish within 1s"), ExitCode.TIMEOUT),
+        (lambda: NotFoundError("no failed job 'x'"), ExitCode.NOT_OK),
+        (lambda: ModelNotFoundError("no model 'm'"), ExitCode.NOT_OK),
+        (lambda: BrokerUnavailableError("Redis at ... is unreachable"), ExitCode.UNAVAILABLE),
+        (lambda: RegistryUnavailableError("MLflow store unavailable"), ExitCode.UNAVAILABLE),
+        (lambda: InvalidJobError("contributor: ..."), ExitCode.USAGE),
+        (lambda: ConfigurationError("invalid settings: ..."), ExitCode.USAGE),
+        (_mlflow_error, ExitCode.USAGE),
+        (lambda: TimeoutError("a socket's, not a product error"), ExitCode.INTERNAL),
+        (lambda: KeyError("a bug"), ExitCode.INTERNAL),
+    ],
+)
+def test_which_error_exits_how(make_error: Callable[[], BaseException], code: ExitCode) -> None:
+    assert exit_code_for(make_error()) is code
+
+
+@pytest.fixture
+def records(redis_url: str) -> dict[str, str]:
+    """One of each record the commands name: a failed job, a quarantined message, a dead-lettered event."""
+    client = connect(redis_url)
+    job = RegistrationJob(**baseline_fields(M, model_type="ranking", token_id="tok")).model_dump(mode="json")
+    failed_jobs.record_failure(client, job["job_id"], reason="boom", error_type="E", job=job, task=REGISTER_TASK)
+    failed_jobs.record_failure(client, "not-replayable", reason="junk", error_type="E", job={"raw": "x"})
+    quarantined = quarantine.quarantine(client, b"junk", queue=REGISTRATION_QUEUE, reason="not JSON")
+    store = EventStore(client)
+    event = store.save_if_absent(builders.event("1", model_type="ranking", token_id="tok"))
+    store.dead_letter(event.event_id, "gave up")
+    client.close()
+    return {"JOB": job["job_id"], "QUARANTINED": quarantined.quarantine_id, "EVENT": event.event_id}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["schema"],
+        ["jobs", "failed"],
+        ["jobs", "show-failed", "JOB"],
+        ["jobs", "retry", "JOB"],
+        ["jobs", "quarantined", "--since", "2026-01-01"],
+        ["jobs", "show-quarantined", "QUARANTINED"],
+        ["jobs", "remove-quarantined", "QUARANTINED"],
+        ["webhooks", "failed"],
+        ["webhooks", "show", "EVENT"],
+        ["webhooks", "new-secret"],
+    ],
+    ids=" ".join,
+)
+def test_done_exits_ok(records: dict[str, str], args: list[str]) -> None:
+    done = script(*(records.get(arg, arg) for arg in args))
+    assert done.returncode == ExitCode.OK, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["jobs", "status", UNKNOWN_JOB], f"job {UNKNOWN_JOB} is unknown"),
+        (["jobs", "show-failed", UNKNOWN_JOB], f"Error: no failed job '{UNKNOWN_JOB}'"),
+        (["jobs", "retry", UNKNOWN_JOB], f"Error: no failed job '{UNKNOWN_JOB}'"),
+        (["jobs", "show-quarantined", "nope"], "Error: no quarantined message 'nope'"),
+        (["jobs", "remove-quarantined", "nope"], "Error: no quarantined message 'nope'"),
+        (["webhooks", "show", "nope"], "Error: no stored webhook event 'nope'"),
+        (["webhooks", "replay", "nope"], "0 delivered, 1 still undelivered"),
+    ],
+    ids=lambda value: " ".join(value[:2]) if isinstance(value, list) else "",
+)
+def test_not_found_exits_not_ok(records: dict[str, str], args: list[str], message: str) -> None:
+    done = script(*args)
+    assert done.returncode == ExitCode.NOT_OK, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["no-such-command"], "No such command 'no-such-command'"),
+        (["jobs", "status"], "Missing argument 'JOB_ID'"),
+        (["jobs", "status", "not-a-uuid"], "Error: job_id must be a UUID, got 'not-a-uuid'"),
+        (["jobs", "failed", "--since", "yesterday"], "expected an ISO-8601 date/time"),
+        (["jobs", "retry", "not-replayable"], "has no replayable input"),
+        (["enqueue", "--kind", "baseline"], "Error: invalid registration job: model_type: Field required"),
+        (["webhooks", "replay"], "Error: name the EVENT_IDS to replay, or pass --all"),
+        (["webhooks", "replay", "EVENT", "--all"], "Error: name EVENT_IDS or pass --all, not both"),
+        (["webhooks", "replay", "EVENT", "--since", "2026-01-01"], "Error: --since goes with --all"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else "",
+)
+def test_bad_usage_or_input_exits_usage(records: dict[str, str], args: list[str], message: str) -> None:
+    done = script(*(records.get(arg, arg) for arg in args))
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    if args[:2] == ["webhooks", "replay"]:
+        assert "not both" not in done.stderr or "--all" in args  # the message says what was wrong
+
+
+def test_invalid_settings_exit_usage() -> None:
+    done = script("jobs", "failed", env={"REDIS_URL": "http://:hunter2@example"})
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert "Error: invalid settings: REDIS_URL" in done.stderr and "hunter2" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", M],
+        ["jobs", "status", UNKNOWN_JOB],
+        ["jobs", "failed"],
+        ["jobs", "show-failed", UNKNOWN_JOB],
+        ["jobs", "retry", UNKNOWN_JOB],
+        ["jobs", "quarantined"],
+        ["webhooks", "failed"],
+        ["webhooks", "show", "nope"],
+        ["webhooks", "replay", "--all"],
+    ],
+    ids=lambda args: " ".join(args[:2]),
+)
+def test_an_unreachable_redis_exits_unavailable(args: list[str]) -> None:
+    port = closed_port()
+    done = script(*args, env={"REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0", "ENQUEUE_RETRY_S": "0.5"})
+    assert done.returncode == ExitCode.UNAVAILABLE, done.stderr
+    assert f"127.0.0.1:{port}" in done.stderr and "unreachable" in done.stderr.splitlines()[-1]
+    assert "hunter2" not in done.stdout + done.stderr and "Traceback" not in done.stderr
+
+
+def test_enqueue_wait_past_its_timeout_exits_timeout(redis_url: str) -> None:
+    done = script("enqueue", "--job-id", JOB_ID, "--kind", "baseline", "--model-type", "ranking",
+                  "--artifact-uri", M, "--wait", "--timeout", "0.2")  # fmt: skip
+    assert done.returncode == ExitCode.TIMEOUT, done.stderr
+    assert done.stderr.splitlines()[-1] == f"Error: job {JOB_ID} did not finish within 0.2s (last state: PENDING)"
+
+
+def test_replay_exit_codes_with_a_receiver(records: dict[str, str]) -> None:
+    """A replay to an endpoint that refuses exits NOT_OK and keeps the dead letter; delivered, it exits OK."""
+    secret = new_secret()
+    with WebhookReceiver(secret) as receiver:
+        env = {"WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": secret, "WEBHOOK_ALLOW_HTTP": "true"}
+        receiver.script(503)
+        refused = script("webhooks", "replay", records["EVENT"], env=env)
+        assert refused.returncode == ExitCode.NOT_OK, refused.stderr
+        assert list(json.loads(refused.stdout)["failed"]) == [records["EVENT"]]
+        delivered = script("webhooks", "replay", "--all", env=env)
+        assert delivered.returncode == ExitCode.OK, delivered.stderr
+        assert json.loads(delivered.stdout)["delivered"] == [records["EVENT"]]
+    no_secret = script("webhooks", "replay", "--all", env={"WEBHOOK_URL": "https://127.0.0.1:9/hook"})
+    assert no_secret.returncode == ExitCode.USAGE and "WEBHOOK_SECRET" in no_secret.stderr
+
+
+# ------------------------------------------------------------------ jobs status reads the event store
+def test_jobs_status_reads_a_replayed_webhook_as_delivered(redis_url: str) -> None:
+    job_id = enqueue_registration(baseline_fields(M, model_type="ranking", token_id="tok"))
+    store = EventStore(connect(redis_url))
+    event = store.save_if_absent(
+        build_event({"model_name": "hokusai_ranking_baseline", "version": "1"},
+                    RegistrationJob(**baseline_fields(M, model_type="ranking", token_id="tok", job_id=job_id)))
+    )  # fmt: skip
+    store.record_attempt(event.event_id, status_code=500, error="endpoint answered 500")
+    store.dead_letter(event.event_id, "gave up after 1 attempts: endpoint answered 500")
+
+    dead = script("jobs", "status", job_id)
+    assert dead.returncode == ExitCode.OK, dead.stderr
+    dead_webhook = json.loads(dead.stdout)["webhook"]
+    assert (dead_webhook["state"], dead_webhook["event_id"]) == ("FAILURE", event.event_id)
+    assert dead_webhook["replay"] == f"hokusai-registry webhooks replay {event.event_id}"
+
+    secret = new_secret()
+    with WebhookReceiver(secret) as receiver:
+        env = {"WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": secret, "WEBHOOK_ALLOW_HTTP": "true"}
+        replayed = script("webhooks", "replay", event.event_id, env=env)
+    assert replayed.returncode == ExitCode.OK, replayed.stderr
+
+    status = script("jobs", "status", job_id)
+    assert status.returncode == ExitCode.OK, status.stderr
+    webhook = json.loads(status.stdout)["webhook"]
+    assert webhook["state"] == "SUCCESS", webhook
+    assert (webhook["event_id"], webhook["delivery"], webhook["attempts"]) == (event.event_id, "delivered", 2)
+    assert webhook["delivered_at"] is not None and "replay" not in webhook and "error" not in webhook
+    shown = json.loads(script("webhooks", "show", event.event_id).stdout)
+    assert shown["state"] == "delivered" and [a["status_code"] for a in shown["history"]] == [500, 200]
+    assert (dead_webhook["delivery"], dead_webhook["attempts"]) == ("dead", 1)  # as read before the replay

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -334,6 +339,31 @@ def test_stored_event_that_settings_cannot_send_is_kept_for_replay(store: EventS
     assert dead.event.event_id == event.event_id and dead.attempts == 0
 
 
+def test_every_attempt_of_the_delivery_path_is_in_the_history(store: EventStore, receiver: WebhookReceiver) -> None:
+    """No answer, then 503, then 200: each attempt recorded by send_stored_event, listed by `webhooks show`."""
+    event = store.save_if_absent(make_event())
+    refused_url = f"http://127.0.0.1:{free_port()}/hook"
+    before = datetime.now(UTC)
+    assert send_stored_event(store, event.event_id, settings=make_settings(refused_url)).status == "retry"
+    receiver.script(ScriptedResponse(503, delay_s=0.2), 200)
+    assert send_stored_event(store, event.event_id, settings=make_settings(receiver.url)).status == "retry"
+    assert send_stored_event(store, event.event_id, settings=make_settings(receiver.url)).status == "delivered"
+
+    done = subprocess.run([Path(sys.executable).with_name("hokusai-registry"), "webhooks", "show", event.event_id],
+                          env=os.environ, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    history = json.loads(done.stdout)["history"]
+    assert [(a["attempt"], a["status_code"]) for a in history] == [(1, None), (2, 503), (3, 200)]
+    assert "ConnectError" in history[0]["error"] and history[1]["error"] == "endpoint answered 503"
+    assert history[2]["error"] is None
+    times = [datetime.fromisoformat(a["at"]) for a in history]
+    assert all(t.utcoffset() == timedelta(0) for t in times) and before <= times[0] <= times[1] <= times[2]
+    assert 0.2 <= history[1]["duration_s"] < 2.0  # the receiver took 0.2 s to answer 503
+    assert all(0 < a["duration_s"] < 2.0 for a in history)
+    received = [request.received_at for request in receiver.requests]
+    assert times[1] <= received[0] and times[2] <= received[1]  # an attempt's time is when it started
+
+
 def test_unknown_stored_event_is_reported_missing(store: EventStore, receiver: WebhookReceiver) -> None:
     outcome = send_stored_event(store, "no-such-event", settings=make_settings(receiver.url))
     assert outcome.status == "missing"
@@ -341,6 +371,4 @@ def test_unknown_stored_event_is_reported_missing(store: EventStore, receiver: W
 
 
 def json_of(event: WebhookEvent) -> Any:
-    import json
-
     return json.loads(event.body)

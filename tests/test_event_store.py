@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -20,7 +25,7 @@ from tests.support import free_port
 from worker.webhooks.delivery import send_stored_event
 from worker.webhooks.event import WebhookEvent
 from worker.webhooks.replay import replay_dead_letters
-from worker.webhooks.store import EventStore
+from worker.webhooks.store import MAX_ATTEMPT_HISTORY, EventStore
 
 SECRET = "replay-test-secret"
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -93,6 +98,54 @@ def test_record_attempt_counts_and_keeps_first_and_last(store: EventStore) -> No
     assert (record.last_status_code, record.last_error) == (None, "ConnectError: refused")
 
 
+def test_each_attempt_is_kept_in_the_history_with_its_time_status_error_and_duration(store: EventStore) -> None:
+    event = store.save_if_absent(make_event())
+    store.record_attempt(event.event_id, error="ConnectError: refused", at=T0, duration_s=0.002)
+    store.record_attempt(event.event_id, status_code=503, error="endpoint answered 503", at=T0 + timedelta(seconds=2),
+                         duration_s=0.25)  # fmt: skip
+    store.record_attempt(event.event_id, status_code=200, at=T0 + timedelta(seconds=9), duration_s=0.01)
+    record = store.get(event.event_id)
+    assert record is not None
+    assert [(a.number, a.at, a.status_code, a.error, a.duration_s) for a in record.history] == [
+        (1, T0, None, "ConnectError: refused", 0.002),
+        (2, T0 + timedelta(seconds=2), 503, "endpoint answered 503", 0.25),
+        (3, T0 + timedelta(seconds=9), 200, None, 0.01),
+    ]
+    shown = record.as_dict(include_history=True)["history"]
+    assert shown[0] == {"attempt": 1, "at": "2026-11-26T12:00:00+00:00", "status_code": None,
+                        "error": "ConnectError: refused", "duration_s": 0.002}  # fmt: skip
+    assert "history" not in record.as_dict()  # `webhooks failed` lists summaries
+
+
+def test_the_history_keeps_the_last_max_attempt_history_attempts(store: EventStore) -> None:
+    event = store.save_if_absent(make_event())
+    total = MAX_ATTEMPT_HISTORY + 3
+    for n in range(1, total + 1):
+        store.record_attempt(event.event_id, status_code=500, at=T0 + timedelta(seconds=n), duration_s=0.1)
+    record = store.get(event.event_id)
+    assert record is not None and record.attempts == total
+    assert [a.number for a in record.history] == list(range(4, total + 1))
+    keys = store.client.hkeys(f"test:webhook:event:{event.event_id}")
+    fields = {k.decode() if isinstance(k, bytes) else k for k in keys}
+    assert len([name for name in fields if name.startswith("attempt:")]) == MAX_ATTEMPT_HISTORY  # bounded in Redis
+
+
+def test_webhooks_show_lists_the_kept_attempts_and_says_how_many_are_not(redis_url: str) -> None:
+    store = EventStore(redis.Redis.from_url(redis_url))  # the prefix the command reads
+    event = store.save_if_absent(make_event())
+    for _ in range(MAX_ATTEMPT_HISTORY + 2):
+        store.record_attempt(event.event_id, status_code=502, error="endpoint answered 502", duration_s=0.05)
+    store.dead_letter(event.event_id, "gave up")
+    command = [Path(sys.executable).with_name("hokusai-registry"), "webhooks", "show", event.event_id]
+    done = subprocess.run(command, env=os.environ, capture_output=True, text=True, timeout=60)  # REDIS_URL: redis_url
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["attempts"] == MAX_ATTEMPT_HISTORY + 2 and len(shown["history"]) == MAX_ATTEMPT_HISTORY
+    assert shown["history"][0]["attempt"] == 3 and shown["history"][-1]["status_code"] == 502
+    assert f"the history keeps the last {MAX_ATTEMPT_HISTORY}: 2 older one(s) not listed" in done.stderr
+    store.client.close()
+
+
 def test_record_attempt_of_unknown_event_creates_nothing(store: EventStore) -> None:
     with pytest.raises(InvalidInputError, match="no stored webhook event"):
         store.record_attempt("ghost", status_code=500)
@@ -113,6 +166,37 @@ def test_mark_delivered_leaves_dead_letters_and_expires(store: EventStore) -> No
     assert store.list_dead_letters() == []
     ttl = store.client.ttl(f"test:webhook:event:{event.event_id}")
     assert 0 < ttl <= store.delivered_ttl_s
+
+
+def test_the_event_of_a_job_is_found_as_long_as_the_event_is_kept(store: EventStore) -> None:
+    event = store.save_if_absent(make_event())
+    assert event.job_id is not None
+    job_key = f"test:webhook:job:{event.job_id}"
+    pending = store.get_for_job(event.job_id)
+    assert pending is not None and (pending.event.event_id, pending.state) == (event.event_id, "pending")
+    store.dead_letter(event.event_id, "gave up")
+    assert store.client.ttl(job_key) == -1  # kept as long as the dead letter
+    store.mark_delivered(event.event_id)  # a replay delivered it
+    delivered = store.get_for_job(event.job_id)
+    assert delivered is not None and delivered.state == "delivered"
+    assert 0 < store.client.ttl(job_key) <= store.delivered_ttl_s  # expires with the event
+    assert store.get_for_job("no-such-job") is None
+
+
+def test_a_removed_dead_letter_leaves_no_job_key(store: EventStore) -> None:
+    event = dead_letter(store, "1", T0)
+    assert event.job_id is not None and store.remove_dead_letter(event.event_id)
+    assert store.get_for_job(event.job_id) is None
+    assert store.client.exists(f"test:webhook:job:{event.job_id}") == 0
+
+
+def test_a_dead_letter_stored_without_a_job_key_is_found_by_its_job(store: EventStore) -> None:
+    """Events stored before the job key existed: their dead letter names the job."""
+    event = dead_letter(store, "1", T0)
+    assert event.job_id is not None
+    store.client.delete(f"test:webhook:job:{event.job_id}")
+    found = store.get_for_job(event.job_id)
+    assert found is not None and found.event.event_id == event.event_id
 
 
 # ---------------------------------------------------------------------- dead letters
@@ -262,6 +346,7 @@ def test_replay_sends_the_same_body_and_key_and_removes_delivered(store: EventSt
     assert store.list_dead_letters() == []
     record = store.get(event.event_id)
     assert record is not None and record.state == "delivered" and record.attempts == 2
+    assert [(a.number, a.status_code) for a in record.history] == [(1, 400), (2, 200)]  # the replay's attempt too
 
 
 def test_replay_keeps_failures_with_the_new_attempt(store: EventStore, receiver: WebhookReceiver) -> None:

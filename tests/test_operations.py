@@ -1,4 +1,6 @@
-"""Operating it: job context on every log line (text and JSON), `hokusai-registry doctor`, the demo."""
+"""Operating it: job context on every log line (text and JSON), `hokusai-registry doctor`, the demo, and the
+installed command against a real worker: `enqueue --wait` exit codes, a dead letter replayed (`jobs status`,
+`webhooks show`)."""
 
 from __future__ import annotations
 
@@ -7,18 +9,23 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from devtools.builders import improved_fields
 from devtools.devstack import free_port
 from devtools.receiver import WebhookReceiver
+from hokusai_app.exit_codes import ExitCode
 from hokusai_registry.contract import webhook_task_id
 from producers import enqueue_registration
 from tests.queue_helpers import client_app, job_fields, save_model_dir, wait_result
 from tests.test_webhooks_e2e import SECRET
 from tests.worker_process import ROOT, WorkerProcess
+
+SCRIPT = Path(sys.executable).with_name("hokusai-registry")
 
 pytestmark = pytest.mark.slow
 
@@ -76,16 +83,19 @@ def test_text_logs_carry_the_job_context(
 
 
 # ---------------------------------------------------------------------------- doctor
-def run_cli(*args: str, env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hokusai_app.cli", *args], env={**os.environ, **env},
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+def run_cli(
+    *args: str, env: dict[str, str], timeout_s: float = 120, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed ``hokusai-registry`` console script, as an operator runs it."""
+    return subprocess.run([SCRIPT, *args], env={**os.environ, **env}, cwd=ROOT, input=input,
+                          capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
 
 
 def test_doctor_passes_when_everything_is_up(worker_env: dict[str, str], tmp_path: Path) -> None:
     env = {**worker_env, "WEBHOOK_URL": "https://marketplace.example/hooks", "WEBHOOK_SECRET": SECRET}
     with WorkerProcess(env, tmp_path):
         done = run_cli("doctor", "--json", env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == ExitCode.OK, done.stdout + done.stderr
     checks = {check["name"]: check for check in json.loads(done.stdout)}
     assert {name: check["status"] for name, check in checks.items()} == {
         "redis": "ok", "mlflow": "ok", "webhooks": "ok", "workers": "ok", "backlog": "ok",
@@ -100,11 +110,76 @@ def test_doctor_says_what_is_wrong_and_how_to_fix_it(worker_env: dict[str, str])
         "WEBHOOK_URL": "https://marketplace.example/hooks",
     }
     done = run_cli("doctor", env=env)
-    assert done.returncode == 1
+    assert done.returncode == ExitCode.NOT_OK  # unhealthy
     assert "fail  redis" in done.stdout and "hunter2" not in done.stdout + done.stderr
     assert "fix: start Redis, or set REDIS_URL" in done.stdout
     assert "fail  webhooks: WEBHOOK_SECRET is not set" in done.stdout
     assert "ok  mlflow" in done.stdout
+
+
+# ---------------------------------------------------------------------------- the command against a real worker
+def test_enqueue_wait_exits_ok_for_a_registered_job_and_not_ok_for_a_failed_one(
+    worker_env: dict[str, str], staging: Path, sk_model: Any, tmp_path: Path
+) -> None:
+    model_dir = save_model_dir(sk_model, staging)
+    registered = job_fields(model_dir)
+    missing_baseline = improved_fields(model_dir, baseline_id="hokusai_classification_baseline/9")  # MLflow has none
+    with WorkerProcess(worker_env, tmp_path) as worker:
+        done = run_cli("enqueue", "--file", "-", "--wait", "--timeout", "120", env=worker_env,
+                       input=json.dumps(registered))  # fmt: skip
+        assert done.returncode == ExitCode.OK, done.stderr + worker.log_tail()
+        assert json.loads(done.stdout)["state"] == "SUCCESS"
+        failed = run_cli("enqueue", "--file", "-", "--wait", "--timeout", "120", env=worker_env,
+                         input=json.dumps(missing_baseline))  # fmt: skip
+        assert failed.returncode == ExitCode.NOT_OK, failed.stderr + worker.log_tail()
+        status = json.loads(failed.stdout)
+        assert status["state"] == "FAILURE" and "baseline_id" in status["error"]["message"]
+
+
+def test_a_replayed_dead_letter_reads_delivered_and_show_lists_every_attempt(
+    worker_env: dict[str, str], staging: Path, sk_model: Any, tmp_path: Path
+) -> None:
+    """The operator's path: a webhook dead-lettered by a worker, replayed from the command line."""
+    with WebhookReceiver(SECRET) as receiver:
+        receiver.script(500, 410)  # a retry, then gone: dead-lettered after two attempts
+        env = {**worker_env, "WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET, "WEBHOOK_ALLOW_HTTP": "true"}
+        with WorkerProcess(env, tmp_path) as worker:
+            job_id = enqueue_registration(job_fields(save_model_dir(sk_model, staging)))
+            webhook_task = wait_result(client_app(env["REDIS_URL"]), webhook_task_id(job_id), timeout_s=90)
+            assert webhook_task.state == "FAILURE", worker.log_tail()
+
+            dead = run_cli("jobs", "status", job_id, env=env)
+            assert dead.returncode == ExitCode.OK, dead.stderr
+            dead_webhook = json.loads(dead.stdout)["webhook"]
+            assert dead_webhook["state"] == "FAILURE"
+            event_id = dead_webhook["event_id"]
+
+            replayed = run_cli("webhooks", "replay", event_id, env=env)
+            assert replayed.returncode == ExitCode.OK, replayed.stderr
+            assert json.loads(replayed.stdout)["delivered"] == [event_id]
+
+            status = run_cli("jobs", "status", job_id, env=env)
+            assert status.returncode == ExitCode.OK, status.stderr
+            webhook = json.loads(status.stdout)["webhook"]
+            assert webhook["state"] == "SUCCESS", webhook  # the Celery task stays FAILURE: the store decides
+            assert (webhook["delivery"], webhook["attempts"]) == ("delivered", 3)
+            assert webhook["event_id"] == event_id and webhook["delivered_at"] is not None
+            assert client_app(env["REDIS_URL"]).AsyncResult(webhook_task_id(job_id)).state == "FAILURE"  # the task's
+
+        shown = run_cli("webhooks", "show", event_id, env=env)
+    assert shown.returncode == ExitCode.OK, shown.stderr
+    record = json.loads(shown.stdout)
+    assert (record["state"], record["attempts"]) == ("delivered", 3)
+    history = record["history"]
+    assert [(a["attempt"], a["status_code"]) for a in history] == [(1, 500), (2, 410), (3, 200)]
+    assert [r.status for r in receiver.requests] == [500, 410, 200]
+    assert "500" in history[0]["error"] and "gone" in history[1]["error"] and history[2]["error"] is None
+    times = [datetime.fromisoformat(a["at"]) for a in history]
+    assert all(t.utcoffset() == timedelta(0) for t in times) and times == sorted(times)
+    for attempt, request in zip(history, receiver.requests, strict=True):
+        assert 0 < attempt["duration_s"] < 5
+        assert abs((request.received_at - datetime.fromisoformat(attempt["at"])).total_seconds()) < 1
+    assert (dead_webhook["delivery"], dead_webhook["attempts"]) == ("dead", 2)  # as read before the replay
 
 
 # ---------------------------------------------------------------------------- MLflow defaults of a worker

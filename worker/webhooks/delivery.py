@@ -144,12 +144,14 @@ def deliver_and_record(
 ) -> DeliveryResult:
     """Attempt a stored event at ``WEBHOOK_URL``; record the attempt; mark it delivered on 2xx.
 
-    Shared by :func:`send_stored_event` and ``worker.webhooks.replay``. Raises what :func:`deliver`
-    raises, after recording the failed attempt.
+    The attempt goes into the event's history with its start time (UTC), its HTTP status or
+    error, and its duration. Shared by :func:`send_stored_event` and ``worker.webhooks.replay``.
+    Raises what :func:`deliver` raises, after recording the failed attempt.
     """
     if settings.webhook_url is None:
         raise ConfigurationError("WEBHOOK_URL is not set: there is nowhere to send webhook events")
     event = record.event
+    started_at, started = datetime.now(UTC), time.monotonic()
     try:
         result = deliver(
             event,
@@ -161,10 +163,18 @@ def deliver_and_record(
         )
     except (WebhookDeliveryError, WebhookRejectedError) as exc:
         observe_webhook_attempt(exc.status_code)
-        store.record_attempt(event.event_id, status_code=exc.status_code, error=str(exc))
+        store.record_attempt(
+            event.event_id,
+            status_code=exc.status_code,
+            error=str(exc),
+            at=started_at,
+            duration_s=round(time.monotonic() - started, 4),
+        )
         raise
     observe_webhook_attempt(result.status_code)
-    store.record_attempt(event.event_id, status_code=result.status_code)
+    store.record_attempt(
+        event.event_id, status_code=result.status_code, at=started_at, duration_s=round(result.elapsed_s, 4)
+    )
     store.mark_delivered(event.event_id)
     return result
 

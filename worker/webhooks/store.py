@@ -6,15 +6,19 @@ so the body and the idempotency key never change. Layout (``<p>`` is the key pre
     <p>:webhook:event:<event_id>   hash  event (JSON: id, base64 body, created_at, name, version,
                                          job_id), state, attempts, first/last_attempt_at,
                                          last_status_code, last_error, dead_reason,
-                                         dead_lettered_at, delivered_at
+                                         dead_lettered_at, delivered_at, and the history:
+                                         attempt:<n> → {at, status_code, error, duration_s}
+                                         (JSON) for the last MAX_ATTEMPT_HISTORY attempts
+    <p>:webhook:job:<job_id>       string  the event id of the job's event (``jobs status``)
     <p>:webhook:dead_letters       hash  event_id → DeadLetter (JSON)    } a RecordStore, the layout
     <p>:webhook:dead_letters:by_time zset event_id → dead-letter time    } of failed jobs and quarantine
     <p>:webhook:deferred           zset  event_id → due time (Unix seconds)
 
-Times are stored as timezone-aware UTC ISO-8601 text. Delivered events expire after
-``delivered_ttl_s``; dead letters stay until replayed or removed (at most
+Times are stored as timezone-aware UTC ISO-8601 text. Delivered events (and their job's key)
+expire after ``delivered_ttl_s``; dead letters stay until replayed or removed (at most
 ``records.DEFAULT_MAX_RECORDS``, like every record store). Redis failures are raised as
-``BrokerUnavailableError``.
+``BrokerUnavailableError`` (a refused password as ``ConfigurationError``), by the one translation
+of ``hokusai_registry.redis_client``.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from hokusai_registry.errors import BrokerUnavailableError, InvalidInputError
+from hokusai_registry.errors import InvalidInputError
 from hokusai_registry.records import RecordStore
+from hokusai_registry.redis_client import connect, describe, redis_boundary
+from hokusai_registry.settings import Settings
 from worker.webhooks.event import WebhookEvent
 
 logger = logging.getLogger(__name__)
@@ -40,16 +46,23 @@ logger = logging.getLogger(__name__)
 EventState = Literal["pending", "delivered", "dead"]
 DEFAULT_DELIVERED_TTL_S = 7 * 24 * 3600
 MAX_CLAIM = 1000
+#: Attempts kept per event in its history (``webhooks show``); older ones are only counted.
+MAX_ATTEMPT_HISTORY = 20
+_ATTEMPT_FIELD = "attempt:"
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# Counts an attempt only on an existing event, so a removed event is not half re-created.
+# Counts an attempt only on an existing event, so a removed event is not half re-created; adds it
+# to the history as field ARGV[5]..n and drops the one that falls out of the last ARGV[6].
 _RECORD_ATTEMPT = """
 if redis.call('HEXISTS', KEYS[1], 'event') == 0 then return -1 end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSETNX', KEYS[1], 'first_attempt_at', ARGV[1])
-redis.call('HSET', KEYS[1], 'last_attempt_at', ARGV[1], 'last_status_code', ARGV[2], 'last_error', ARGV[3])
+redis.call('HSET', KEYS[1], 'last_attempt_at', ARGV[1], 'last_status_code', ARGV[2], 'last_error', ARGV[3],
+           ARGV[5] .. attempts, ARGV[4])
+local dropped = attempts - tonumber(ARGV[6])
+if dropped > 0 then redis.call('HDEL', KEYS[1], ARGV[5] .. dropped) end
 return attempts
 """
 
@@ -77,8 +90,29 @@ class DeadLetter(BaseModel):
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One delivery attempt in an event's history: when (UTC), the HTTP status or error, how long."""
+
+    number: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (the time as UTC ISO-8601)."""
+        return {
+            "attempt": self.number,
+            "at": self.at.isoformat(),
+            "status_code": self.status_code,
+            "error": self.error,
+            "duration_s": self.duration_s,
+        }
+
+
+@dataclass(frozen=True)
 class EventRecord:
-    """A stored event with its delivery history (what ``show`` prints for a dead letter)."""
+    """A stored event with its delivery summary and history (what ``show`` prints)."""
 
     event: WebhookEvent
     state: EventState
@@ -91,9 +125,10 @@ class EventRecord:
     dead_lettered_at: datetime | None
     delivered_at: datetime | None
     deferred_until: datetime | None
+    history: tuple[Attempt, ...] = ()  # oldest first: the last MAX_ATTEMPT_HISTORY attempts
 
-    def as_dict(self, *, include_body: bool = False) -> dict[str, Any]:
-        """JSON-friendly summary (times as UTC ISO-8601); the body as parsed JSON when asked."""
+    def as_dict(self, *, include_body: bool = False, include_history: bool = False) -> dict[str, Any]:
+        """JSON-friendly summary (times as UTC ISO-8601); the body as parsed JSON and the history when asked."""
         event = self.event
         summary: dict[str, Any] = {
             "event_id": event.event_id,
@@ -110,18 +145,20 @@ class EventRecord:
         for name in ("first_attempt_at", "last_attempt_at", "dead_lettered_at", "delivered_at", "deferred_until"):
             moment = getattr(self, name)
             summary[name] = moment.isoformat() if moment else None
+        if include_history:
+            summary["history"] = [attempt.as_dict() for attempt in self.history]
         if include_body:
             summary["body"] = json.loads(event.body)
         return summary
 
 
-def _redis_boundary(method: Callable[P, R]) -> Callable[P, R]:
+def _redis_boundary(method: Callable[Concatenate[EventStore, P], R]) -> Callable[Concatenate[EventStore, P], R]:
+    """The one Redis error translation (``redis_client.redis_boundary``), naming the server and the store."""
+
     @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BrokerUnavailableError(f"Redis unavailable in the webhook event store: {exc}") from exc
+    def wrapper(self: EventStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        with redis_boundary(describe(self.client), "using the webhook event store"):
+            return method(self, *args, **kwargs)
 
     return wrapper
 
@@ -153,6 +190,11 @@ class EventStore:
         self._record_attempt = client.register_script(_RECORD_ATTEMPT)
         self._claim_due = client.register_script(_CLAIM_DUE)
 
+    @classmethod
+    def for_settings(cls, settings: Settings) -> EventStore:
+        """The store on ``REDIS_URL``, delivered events kept as long as results (``RESULT_EXPIRES_S``)."""
+        return cls(connect(settings.redis_url), delivered_ttl_s=settings.result_expires_s)
+
     # ------------------------------------------------------------------ events
     @_redis_boundary
     def save_if_absent(self, event: WebhookEvent) -> WebhookEvent:
@@ -164,7 +206,9 @@ class EventStore:
         pipe = self.client.pipeline(transaction=True)
         pipe.hsetnx(key, "event", _encode_event(event))
         pipe.hsetnx(key, "state", "pending")
-        created, _ = pipe.execute()
+        if event.job_id is not None:  # nx: an existing key keeps its expiry
+            pipe.set(self._job_key(event.job_id), event.event_id, nx=True)
+        created = pipe.execute()[0]
         if created:
             logger.info("webhook event %s stored", event.event_id)
             return event
@@ -183,6 +227,16 @@ class EventStore:
         return _decode_record({_text(k): _text(v) for k, v in fields.items()}, due)
 
     @_redis_boundary
+    def get_for_job(self, job_id: str) -> EventRecord | None:
+        """The event of job ``job_id``, or None when it has none (yet, or any more)."""
+        event_id = self.client.get(self._job_key(job_id))
+        if event_id is not None:
+            return self.get(_text(event_id))
+        # an event stored before the job key existed: its dead letter names the job
+        letters = [letter for letter in self.dead_letters.list() if letter.job_id == job_id]
+        return self.get(letters[-1].event_id) if letters else None
+
+    @_redis_boundary
     def record_attempt(
         self,
         event_id: str,
@@ -190,16 +244,27 @@ class EventStore:
         status_code: int | None = None,
         error: str | None = None,
         at: datetime | None = None,
+        duration_s: float | None = None,
     ) -> int:
-        """Count one attempt with its HTTP status or error text; return the attempts so far.
+        """Count one attempt (made ``at``, default now) with its HTTP status or error text and its
+        duration, keep it in the history (the last ``MAX_ATTEMPT_HISTORY``); return the attempts so far.
 
         Raises:
             InvalidInputError: no such event.
         """
+        moment = _iso(at)
+        entry = {"at": moment, "status_code": status_code, "error": error, "duration_s": duration_s}
         attempts = int(
             self._record_attempt(
                 keys=[self._event_key(event_id)],
-                args=[_iso(at), "" if status_code is None else str(status_code), error or ""],
+                args=[
+                    moment,
+                    "" if status_code is None else str(status_code),
+                    error or "",
+                    json.dumps(entry),
+                    _ATTEMPT_FIELD,
+                    MAX_ATTEMPT_HISTORY,
+                ],
             )
         )
         if attempts < 0:
@@ -209,12 +274,14 @@ class EventStore:
     @_redis_boundary
     def mark_delivered(self, event_id: str, *, at: datetime | None = None) -> None:
         """Mark delivered: leave the dead letters and the schedule, expire after ``delivered_ttl_s``."""
-        key = self._require(event_id)
+        key, job_id = self._require_with_job(event_id)
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, mapping={"state": "delivered", "delivered_at": _iso(at)})
         self.dead_letters.remove_in(pipe, event_id)
         pipe.zrem(self._deferred_key, event_id)
         pipe.expire(key, self.delivered_ttl_s)
+        if job_id is not None:
+            pipe.expire(self._job_key(job_id), self.delivered_ttl_s)
         pipe.execute()
 
     # ------------------------------------------------------------------ dead letters
@@ -236,6 +303,8 @@ class EventStore:
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, mapping={"state": "dead", "dead_reason": reason, "dead_lettered_at": _iso(moment)})
         pipe.persist(key)
+        if stored.event.job_id is not None:
+            pipe.set(self._job_key(stored.event.job_id), event_id)  # kept as long as the dead letter
         self.dead_letters.put_in(pipe, letter)
         pipe.zrem(self._deferred_key, event_id)
         pipe.execute()
@@ -260,9 +329,12 @@ class EventStore:
     @_redis_boundary
     def remove_dead_letter(self, event_id: str) -> bool:
         """Discard a dead letter for good; False when ``event_id`` is not one."""
+        stored = self.get(event_id)
         if not self.dead_letters.remove(event_id):
             return False
         self.client.delete(self._event_key(event_id))
+        if stored is not None and stored.event.job_id is not None:
+            self.client.delete(self._job_key(stored.event.job_id))
         logger.info("dead letter %s removed", event_id)
         return True
 
@@ -297,11 +369,22 @@ class EventStore:
     def _event_key(self, event_id: str) -> str:
         return f"{self.prefix}:webhook:event:{event_id}"
 
+    def _job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:webhook:job:{job_id}"
+
     def _require(self, event_id: str) -> str:
         key = self._event_key(event_id)
         if not self.client.hexists(key, "event"):
             raise InvalidInputError(f"no stored webhook event {event_id}")
         return key
+
+    def _require_with_job(self, event_id: str) -> tuple[str, str | None]:
+        key = self._event_key(event_id)
+        encoded = self.client.hget(key, "event")
+        if encoded is None:
+            raise InvalidInputError(f"no stored webhook event {event_id}")
+        job_id: str | None = json.loads(_text(encoded))["job_id"]
+        return key, job_id
 
 
 def _encode_event(event: WebhookEvent) -> str:
@@ -328,6 +411,11 @@ def _decode_record(fields: dict[str, str], due: float | None) -> EventRecord:
         job_id=data["job_id"],
     )
     status = fields.get("last_status_code")
+    history = sorted(
+        (_decode_attempt(int(name.removeprefix(_ATTEMPT_FIELD)), value)
+         for name, value in fields.items() if name.startswith(_ATTEMPT_FIELD)),
+        key=lambda attempt: attempt.number,
+    )  # fmt: skip
     return EventRecord(
         event=event,
         state=fields.get("state", "pending"),  # type: ignore[arg-type]
@@ -340,7 +428,13 @@ def _decode_record(fields: dict[str, str], due: float | None) -> EventRecord:
         dead_lettered_at=_parse_time(fields.get("dead_lettered_at")),
         delivered_at=_parse_time(fields.get("delivered_at")),
         deferred_until=datetime.fromtimestamp(due, UTC) if due is not None else None,
+        history=tuple(history),
     )
+
+
+def _decode_attempt(number: int, text: str) -> Attempt:
+    data = json.loads(text)
+    return Attempt(number, datetime.fromisoformat(data["at"]), data["status_code"], data["error"], data["duration_s"])
 
 
 def _utc(moment: datetime | None) -> datetime:
