@@ -1,7 +1,8 @@
 """Celery's own settings, derived from the one Settings object (see hokusai_registry.settings).
 
 Nothing is configured here by hand: change the environment variables, not this file.
-See ../shared/reference/celery-notes.md (or docs/scaling.md) for why each value is what it is.
+Why each value is what it is: the comment beside it, docs/configuration.md ("Celery settings") and
+docs/scaling.md (the visibility timeout, redelivery, prefetch).
 """
 
 from __future__ import annotations

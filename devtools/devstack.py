@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from hokusai_registry.contract import REGISTRATION_QUEUE, WEBHOOK_QUEUE
 
@@ -119,6 +119,34 @@ def private_redis_server(work_dir: Path, password: str | None = None) -> Iterato
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop_process_group(process)
+
+
+def with_redis_database(redis_url: str, database: int) -> str:
+    """``redis_url`` with its database number replaced (``redis://h:6379/0`` → ``redis://h:6379/<database>``)."""
+    parts = urlsplit(redis_url)
+    if parts.scheme == "unix":
+        query = "&".join(item for item in parts.query.split("&") if item and not item.startswith("db="))
+        return urlunsplit(parts._replace(query="&".join(filter(None, [query, f"db={database}"]))))
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@contextmanager
+def new_keys_removed(redis_url: str) -> Iterator[None]:
+    """Delete, on the way out, every key of ``redis_url``'s database that was not there on the way in.
+
+    What the demo uses to leave its Redis database as it found it (queues, results, records, locks).
+    """
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        before = set(client.scan_iter(count=1000))
+        yield
+        added = [key for key in client.scan_iter(count=1000) if key not in before]
+        for start in range(0, len(added), 500):
+            client.delete(*added[start : start + 500])
+    finally:
+        client.close()
 
 
 def postgres_binary(name: str) -> str:

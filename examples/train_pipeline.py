@@ -2,6 +2,8 @@
 
 Run it with a worker running (``celery -A worker worker``) and the same environment
 (``REDIS_URL``, ``HOKUSAI_HOME``): it prints the job id and exits; it never waits for MLflow.
+The model is staged under ``$HOKUSAI_HOME/staging/<job_id>``; the worker removes that folder once
+the version exists.
 
     python examples/train_pipeline.py
 """

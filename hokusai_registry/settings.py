@@ -195,6 +195,12 @@ class Settings(BaseSettings):
     )
     result_expires_s: int = Field(default=7 * 24 * 3600, gt=0, description="How long task results are kept.")
     enqueue_retry_s: float = Field(default=10.0, ge=0, description="How long a producer retries a Redis blip.")
+    staging_retention_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        description="How long a staged model folder is kept after its job was given up (for `jobs retry`), "
+        "or after it was saved when Redis no longer knows its job; a registered job's folder goes at once.",
+    )
 
     # --- webhooks ------------------------------------------------------------------------
     webhook_url: str | None = Field(default=None, description="Marketplace endpoint; unset: no webhook.")

@@ -4,7 +4,9 @@ Two ways to hand the model over: a staging folder the workers can read (the defa
 pipeline on another host, an upload to the tracking server's served artifacts
 (``mlflow-artifacts:/hokusai-uploads/<job_id>``) when given a tracking server
 (``upload_tracking_uri=`` or ``UPLOAD_TRACKING_URI``). mlflow is optional on the producer side:
-it is imported inside :func:`save_and_enqueue` only.
+it is imported inside :func:`save_and_enqueue` only. Staged folders do not pile up: a worker
+removes one once its version exists, and each call prunes the staging folder by the jobs' states
+(``producers.staging``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-from uuid import uuid4
 
+from hokusai_registry import staging
 from hokusai_registry.artifact_uri import check_artifact_uri
 from hokusai_registry.errors import (
     BrokerUnavailableError,
@@ -31,6 +33,7 @@ from hokusai_registry.redaction import redact_url
 from hokusai_registry.settings import Settings, get_settings
 from hokusai_registry.validation import validate_job
 from producers.enqueue import enqueue_registration
+from producers.staging import prune_staging
 
 
 class MissingDependencyError(ConfigurationError, ImportError):
@@ -56,7 +59,10 @@ def save_and_enqueue(
 
     Otherwise:
     The model goes to ``<staging_dir>/<job_id>/`` (written to a temporary sibling first, then
-    renamed, so the folder is complete or absent); ``artifact_uri`` is set to that folder.
+    renamed, so the folder is complete or absent); ``artifact_uri`` is set to that folder. Once
+    the job is published, the staging folder is pruned (:func:`producers.staging.prune_staging`):
+    folders of registered jobs go, those of jobs given up go ``STAGING_RETENTION_S`` after they
+    failed (``hokusai-registry jobs retry`` needs them until then), queued jobs keep theirs.
 
     Args:
         model: a scikit-learn estimator or an ``mlflow.pyfunc.PythonModel``.
@@ -94,7 +100,7 @@ def save_and_enqueue(
     root = Path(staging_dir).expanduser().resolve() if staging_dir is not None else settings.staging_dir
     # The artifact rules run when the saved folder exists (enqueue_registration validates again).
     draft = validate_job({**job_fields, "artifact_uri": str(root / "pending")}, settings, check_artifact=False)
-    target = root / str(draft.job_id)
+    target = staging.staged_folder(root, str(draft.job_id))
     fields = {**job_fields, "job_id": str(draft.job_id), "artifact_uri": str(target)}
     job = validate_job(fields, settings, check_artifact=False)
     check_artifact_uri(str(target), settings)  # refuse a staging folder outside ALLOWED_ARTIFACT_ROOTS now
@@ -106,11 +112,13 @@ def save_and_enqueue(
     requirements = list(pip_requirements or job.pip_requirements or []) or None
     _stage(_saver(model, requirements), target)
     try:
-        return enqueue_registration(job, settings=settings)
+        job_id = enqueue_registration(job, settings=settings)
     except BrokerUnavailableError as exc:
         raise BrokerUnavailableError(
             f"{exc}; the model is saved at {target}: enqueue it again with job_id {job.job_id}"
         ) from exc
+    prune_staging(settings, staging_dir=root, keep={job_id})
+    return job_id
 
 
 #: Where uploaded models live in the tracking server's artifact store.
@@ -195,7 +203,7 @@ def _saver(model: Any, requirements: list[str] | None) -> Callable[[str], None]:
 def _stage(save: Callable[[str], None], target: Path) -> None:
     """Save into a temporary sibling of ``target``, then rename it (complete or absent)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = target.parent / f".{target.name}.{uuid4().hex[:8]}.tmp"
+    scratch = staging.scratch_folder(target.parent, target.name)
     try:
         save(str(scratch))
         try:

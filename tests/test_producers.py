@@ -342,3 +342,18 @@ def test_save_and_enqueue_without_mlflow_says_so() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("save_and_enqueue needs mlflow to save the model: pip install mlflow")
+
+
+def test_save_and_enqueue_prunes_the_staging_folder_of_registered_jobs(
+    stand_in_worker: Celery, redis_url: str, sk_model: Any
+) -> None:
+    """Pipeline hosts whose workers do not share their disk: the producer removes registered jobs' folders."""
+    fields = {"kind": "baseline", "model_type": "classification"}
+    first = save_and_enqueue(sk_model, fields)
+    assert wait_for_job(first, timeout_s=30)["state"] == "SUCCESS"  # the stand-in removes nothing
+    staging = get_settings().staging_dir
+    assert (staging / first).is_dir()
+
+    second = save_and_enqueue(sk_model, fields)
+
+    assert sorted(p.name for p in staging.iterdir()) == [second], "a registered job's folder is left behind"

@@ -1,4 +1,4 @@
-"""worker.webhooks.event: the model_registered body, field by field against webhook-contract.md."""
+"""worker.webhooks.event: the model_registered body, field by field against the contract in docs/webhooks.md."""
 
 from __future__ import annotations
 

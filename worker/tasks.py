@@ -20,6 +20,7 @@ from celery.exceptions import Retry
 from hokusai_registry import log
 from hokusai_registry.contract import DELIVER_WEBHOOK_TASK, REGISTER_TASK, WEBHOOK_TASK, webhook_task_id
 from hokusai_registry.errors import (
+    ArtifactNotFoundError,
     RetryableError,
     WebhookDeadLetteredError,
     WebhookDeliveryError,
@@ -29,7 +30,7 @@ from hokusai_registry.validation import validate_job
 from worker.base_task import HokusaiTask
 from worker.celery_app import app
 from worker.clients import get_event_store, get_http_client, get_redis, get_registry
-from worker.registration.job import job_of_result, register_job
+from worker.registration.job import job_of_result, register_job, registered_result
 from worker.webhooks import delivery
 from worker.webhooks import event as events
 
@@ -67,14 +68,22 @@ def register_model(self: HokusaiTask, job: dict[str, Any]) -> dict[str, Any]:
     """Register one job's model; the result (with the ModelVersion) feeds the webhook task.
 
     Retryable by the error tree and the cause chain (``HokusaiTask.retry_countdown``); a job
-    that fails for good is recorded by ``HokusaiTask.on_failure``.
+    that fails for good is recorded by ``HokusaiTask.on_failure``. A job whose staged folder is
+    gone because its version exists (a second delivery) returns that version's result.
     """
     settings = get_settings()
     job_id = str(job.get("job_id") or self.request.id) if isinstance(job, dict) else str(self.request.id)
     try:
-        parsed = validate_job(job, settings)  # again on this side: producers may be older, or foreign
-        with job_lock(job_id, settings):
-            result = register_job(parsed, get_registry(), settings, redis_client=get_redis())
+        try:
+            parsed = validate_job(job, settings)  # again on this side: producers may be older, or foreign
+        except ArtifactNotFoundError:
+            found = registered_result(validate_job(job, settings, check_artifact=False), get_registry())
+            if found is None:
+                raise
+            result = found
+        else:
+            with job_lock(job_id, settings):
+                result = register_job(parsed, get_registry(), settings, redis_client=get_redis())
     except Exception as exc:
         countdown = self.retry_countdown(
             exc, base_s=settings.registry_backoff_base_s, max_s=settings.registry_backoff_max_s

@@ -12,6 +12,11 @@ first's result. When an earlier attempt of the job started (``attempts.begin_att
 then (and at once on a first delivery, which skips these look-ups) fetch the artifact, log it as
 is, register it.
 
+Once the version exists, the job's staged model folder is removed when it is
+``<this worker's staging root>/<job_id>`` (``hokusai_registry.staging``); any other artifact a job
+names is never touched. A later delivery of the same job finds its version with
+:func:`registered_result` and does not need the folder.
+
 Runs of the same job never overlap: the caller holds a per-job lock (see ``worker.tasks``).
 """
 
@@ -24,6 +29,7 @@ import mlflow
 import redis
 from mlflow.entities import LoggedModelStatus
 
+from hokusai_registry import staging
 from hokusai_registry.contract import RegistrationJob, parse_baseline_id
 from hokusai_registry.errors import InvalidJobError, SignatureError
 from hokusai_registry.settings import Settings
@@ -50,6 +56,7 @@ def register_job(
     ``job`` has passed :func:`hokusai_registry.validation.validate_job` (the task calls it); this
     adds the checks that need MLflow. ``redis_client`` holds the attempt markers (the task passes
     the worker's); without it there is no marker, and every call searches for an earlier attempt's work.
+    Once the version exists, the job's staged folder in ``settings.staging_dir`` is removed.
 
     Raises:
         InvalidInputError: the job cannot succeed (missing baseline, missing artifact, bad signature).
@@ -59,10 +66,10 @@ def register_job(
     job_id = str(job.job_id)
     first = redis_client is not None and attempts.begin_attempt(redis_client, job_id, ttl_s=settings.result_expires_s)
     if not first:
-        existing = registry.find_version_by_tag(TAG_JOB_ID, job_id)
-        if existing is not None:
-            logger.info("job already registered as %s/%s; returning that result", existing.name, existing.version)
-            return _job_result(registry.describe_version(existing), job, replayed=True)
+        replayed = registered_result(job, registry)
+        if replayed is not None:
+            remove_staged_folder(job, settings)
+            return replayed
 
     if job.kind == "improved":
         check_baseline_exists(job, registry)
@@ -81,6 +88,7 @@ def register_job(
         result = registry.register_logged(
             None, signature=None, input_example=None, existing_model_info=logged, **target
         )
+        remove_staged_folder(job, settings)
         return _job_result(result, job, replayed=False)
 
     with artifacts.fetched_model(job.artifact_uri) as model_dir:
@@ -98,7 +106,37 @@ def register_job(
             metrics=job.delta_metrics,
             **target,
         )
+    remove_staged_folder(job, settings)
     return _job_result(result, job, replayed=False)
+
+
+def registered_result(job: RegistrationJob, registry: HokusaiModelRegistry) -> dict[str, Any] | None:
+    """The result of ``job`` if a version tagged with its job id exists (an earlier delivery made it), else None.
+
+    Raises:
+        RegistryUnavailableError: MLflow could not be reached.
+    """
+    existing = registry.find_version_by_tag(TAG_JOB_ID, str(job.job_id))
+    if existing is None:
+        return None
+    logger.info("job already registered as %s/%s; returning that result", existing.name, existing.version)
+    return _job_result(registry.describe_version(existing), job, replayed=True)
+
+
+def remove_staged_folder(job: RegistrationJob, settings: Settings) -> None:
+    """Remove the job's staged model folder, if its artifact is ``<settings.staging_dir>/<job_id>``.
+
+    Called once the version exists. A failure to remove is logged, never raised: the version is
+    registered, and the producer's pruning (``producers.staging``) removes the folder later.
+    """
+    folder = staging.own_staged_folder(settings.staging_dir, str(job.job_id), job.artifact_uri)
+    if folder is None:
+        return
+    try:
+        if staging.remove_folder(folder):
+            logger.info("removed the staged model folder %s: its version exists", folder)
+    except OSError as exc:
+        logger.warning("could not remove the staged model folder %s: %s", folder, exc)
 
 
 def check_baseline_exists(job: RegistrationJob, registry: HokusaiModelRegistry) -> None:

@@ -1,7 +1,7 @@
 """The ``model_registered`` event: built once, from a registration result and its job.
 
-The body follows ``webhook-contract.md`` (fixed): ``event_type``, ``model``, ``timestamp``,
-``source``; optional fields without a value are left out (never ``null``) and there is no
+The body follows the marketplace contract in ``docs/webhooks.md`` (fixed): ``event_type``, ``model``,
+``timestamp``, ``source``; optional fields without a value are left out (never ``null``) and there is no
 top-level ``token_id``. It is serialised once, compactly, and those bytes are stored, signed and
 sent on every attempt and replay. The event id (also the idempotency key) is a UUIDv5 of the
 registered name, version and run id, so building the same registration twice yields the same id.
