@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.doc_samples import FreshInstall, make_fresh_install
 from tests.support import STAGED_MODELS_ROOT, TEST_REDIS_URL, require_service
 
 
@@ -187,3 +188,12 @@ def stand_in_worker(redis_url: str) -> Iterator[Any]:
 
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=20):
         yield app
+
+
+@pytest.fixture(scope="session")
+def fresh_install(tmp_path_factory: pytest.TempPathFactory) -> FreshInstall:
+    """A clean copy of the checkout with ``pip install ".[server]"`` in a fresh virtualenv, made once.
+
+    The docs' samples that install and the operator walk-through share it (tests/doc_samples.py).
+    """
+    return make_fresh_install(tmp_path_factory.mktemp("fresh-install"))

@@ -1,5 +1,7 @@
 """The operator docs stay true: every setting documented with its real default, every
-``hokusai-registry`` command they show exists, every link resolves, every queue/task name is real."""
+``hokusai-registry`` command they show exists, every link resolves, every queue/task name is real.
+
+The samples themselves (every shell command and code block) run in tests/test_doc_samples.py."""
 
 from __future__ import annotations
 
