@@ -30,7 +30,8 @@ if [ -z "${HOKUSAI_SKIP_OLDEST_MLFLOW:-}" ]; then
     HOKUSAI_TEST_REDIS_DB=14 "$ROOT/.venv-mlflow-oldest/bin/python" -m pytest -p no:cacheprovider \
       -k "not test_200_jobs" \
       tests/test_registry.py tests/test_registry_server.py tests/test_registry_compat.py tests/test_backfill.py \
-      tests/test_queue.py tests/test_served_artifacts.py tests/test_direct_database.py
+      tests/test_queue.py tests/test_served_artifacts.py tests/test_direct_database.py \
+      tests/test_store_setup.py tests/test_doctor.py
   ) > "$oldest_log" 2>&1 &
   oldest_pid=$!
 fi

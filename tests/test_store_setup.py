@@ -35,18 +35,35 @@ STORE_OPEN_FAILURES = ("CommandError", "table _alembic_tmp_", "Online migration 
                        "UniqueViolation", "DuplicateTable", "MLflow not reachable at start-up")  # fmt: skip
 
 
+#: Tables every MLflow 3 store has, that registrations write.
+REGISTRY_TABLES = frozenset(
+    {
+        "experiments",
+        "runs",
+        "params",
+        "tags",
+        "registered_models",
+        "model_versions",
+        "model_version_tags",
+        "logged_models",
+    }
+)
+
+
 def schema_problems(uri: str) -> list[str]:
     """What keeps ``uri`` from being a clean store at MLflow's head, by MLflow's own functions."""
-    from mlflow.store.db.utils import _all_tables_exist, _get_latest_schema_revision, _get_schema_version
+    from mlflow.store.db.utils import _get_latest_schema_revision, _get_schema_version
 
     engine = sqlalchemy.create_engine(uri)
     try:
         problems = []
         if (revision := _get_schema_version(engine)) != (head := _get_latest_schema_revision()):
             problems.append(f"schema at {revision}, not MLflow's head {head}")
-        if not _all_tables_exist(engine):
-            problems.append("MLflow's tables are missing")
-        leftovers = [t for t in sqlalchemy.inspect(engine).get_table_names() if t.startswith("_alembic_tmp_")]
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+        # Not MLflow's _all_tables_exist: on 3.4 it compares with an outdated list and is False on every store.
+        if missing := sorted(REGISTRY_TABLES - tables):
+            problems.append(f"MLflow's tables {missing} are missing")
+        leftovers = [t for t in tables if t.startswith("_alembic_tmp_")]
         if leftovers:
             problems.append(f"left by an interrupted migration: {leftovers}")
         return problems
