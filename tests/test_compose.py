@@ -1,4 +1,7 @@
-"""docker-compose.yml, .env.example and the Dockerfile, checked without Docker (none runs here).
+"""docker-compose.yml, .env.example, the Dockerfile and the stand-ins override, checked without Docker.
+
+The stack itself is built and run for real by ``scripts/stack-test.sh`` (docs/stack.md); these
+checks are the ones that need no engine, so the suite catches a broken file before that run does.
 
 The compose file is parsed, interpolated with the values of ``.env.example`` the way
 ``docker compose`` does it, and every command, entry point and healthcheck of a service is
@@ -34,6 +37,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+STAND_INS_FILE = ROOT / "docker-compose.stand-ins.yml"
+MAKE_SECRETS = ROOT / "scripts/make-secrets.sh"
 
 REQUIRED_SERVICES = {"redis", "postgres", "mlflow", "worker", "flower", "receiver", "prometheus", "grafana"}
 #: Services that run once and exit (need no healthcheck). None so far.
@@ -315,6 +320,14 @@ def check_invocation(argv: list[str], service_name: str, service: dict[str, Any]
         binaries = IMAGE_BINARIES.get(image_repository(service["image"]), set())
         assert executable in binaries, f"{where}: {executable!r} is not known to ship in {service['image']}"
         return
+    if executable == "sh":  # `sh -c 'NAME="$(cat /run/secrets/x)" exec COMMAND ...'`: COMMAND is checked
+        assert argv[1] == "-c" and len(argv) == 3, f"{where}: run a shell as `sh -c SCRIPT`, not {argv}"
+        words = shlex.split(argv[2])
+        while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
+            words.pop(0)
+        assert words[:1] == ["exec"], f"{where}: the script must end by exec-ing the service: {argv[2]!r}"
+        check_invocation(words[1:], service_name, service, what)
+        return
     checks = {
         "celery": check_celery,
         "python": check_python,
@@ -390,17 +403,24 @@ def test_worker_waits_for_healthy_redis_postgres_and_mlflow() -> None:
         assert depends[needed].get("condition") == "service_healthy", f"worker does not wait for a healthy {needed}"
 
 
-def test_flower_requires_basic_auth_from_the_environment() -> None:
+def test_flower_requires_basic_auth_from_a_secret_file() -> None:
+    """Flower's login comes from the flower_basic_auth secret, for Flower's process only.
+
+    Not from .env or the service's ``environment``: those end up in every container's settings
+    (``docker inspect``), and .env reaches the worker and receiver containers too (env_file).
+    """
     raw = load_compose()["services"]["flower"]
     flower = interpolated_compose()["services"]["flower"]
     argv = argv_of(flower["command"])
-    assert option_value(argv, "--basic-auth") is None, "flower's password is on its command line: use FLOWER_BASIC_AUTH"
-    credentials = (flower.get("environment") or {}).get("FLOWER_BASIC_AUTH")
-    assert credentials, "flower runs without FLOWER_BASIC_AUTH: its UI would be open"
-    user, sep, password = credentials.partition(":")
-    assert sep and user and password, f"FLOWER_BASIC_AUTH must be user:password, got {credentials!r}"
-    assert "${" in raw["environment"]["FLOWER_BASIC_AUTH"], "flower's credentials are written into the file"
-    assert option_value(argv, "--port") == "5555", "flower must listen on 5555"
+    assert argv[:2] == ["sh", "-c"], f"flower must read its login from the secret file in its command: {argv}"
+    words = shlex.split(argv[2])
+    assert "FLOWER_BASIC_AUTH=$(cat /run/secrets/flower_basic_auth)" in words, argv[2]
+    served = words[words.index("exec") + 1 :]
+    assert option_value(served, "--basic-auth") is None, "flower's password is on its command line"
+    assert "FLOWER_BASIC_AUTH" not in (flower.get("environment") or {}), "the login would show in docker inspect"
+    assert "FLOWER_BASIC_AUTH" not in example_env(), ".env.example sets the login: every service's env_file has it"
+    assert "flower_basic_auth" in flower["secrets"] and "flower_basic_auth" in load_compose()["secrets"]
+    assert option_value(served, "--port") == "5555", "flower must listen on 5555"
     assert any(str(port).split(":")[-1] == "5555" for port in raw.get("ports") or []), "flower's 5555 is not published"
 
 
@@ -434,12 +454,16 @@ def test_secrets_reach_services_as_files_and_never_as_arguments() -> None:
                 assert str(value).startswith("/run/secrets/"), f"{name}: {key} should name a secret file"
     grafana = compose["services"]["grafana"]["environment"]
     assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana and grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"]
-    flower_password = example_env()["FLOWER_BASIC_AUTH"].split(":")[-1]
     for name, service in compose["services"].items():
         argv = argv_of(service.get("command")) + argv_of(service.get("entrypoint"))
-        assert not any(flower_password in word for word in argv), f"{name}'s command line holds Flower's password"
         assert not any(re.search(r"(?i)(password|secret)[^/]*=", word) for word in argv), f"{name}: {argv}"
-    for variable in ("WEBHOOK_SECRET", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+    for variable in (
+        "WEBHOOK_SECRET",
+        "POSTGRES_PASSWORD",
+        "REDIS_PASSWORD",
+        "GRAFANA_ADMIN_PASSWORD",
+        "FLOWER_BASIC_AUTH",
+    ):
         assert variable not in example_env(), f".env.example sets {variable}: it belongs in a secret file"
 
 
@@ -649,10 +673,20 @@ def test_env_example_values_make_a_working_worker_configuration(
 
 
 # ---------------------------------------------------------------------------------- Dockerfile
+def dockerfile_instructions() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    lines = [line.strip() for line in text.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def test_dockerfile_builds_a_non_root_image_without_secrets() -> None:
-    lines = [line.strip() for line in DOCKERFILE.read_text(encoding="utf-8").splitlines()]
-    instructions = [line for line in lines if line and not line.startswith("#")]
+    instructions = dockerfile_instructions()
+    args = dict(
+        line.split(None, 1)[1].split("=", 1) for line in instructions if line.upper().startswith("ARG ") and "=" in line
+    )
     base = [line.split()[1] for line in instructions if line.upper().startswith("FROM ")]
+    base = [re.sub(r"\$\{(\w+)\}", lambda m: args.get(m[1], m[0]), image) for image in base]  # ARG defaults
     assert base and all(re.match(r"^python:3\.11[.\w-]*-slim[\w-]*$", image) for image in base), base
     users = [line.split()[1] for line in instructions if line.upper().startswith("USER ")]
     assert users and users[-1] not in {"root", "0", "0:0"}, "the image must run as a non-root user"
@@ -662,3 +696,114 @@ def test_dockerfile_builds_a_non_root_image_without_secrets() -> None:
             assert not SECRET_NAME_RE.search(line.upper()), f"Dockerfile bakes in a secret: {line}"
     ignored = DOCKERIGNORE.read_text(encoding="utf-8").split()
     assert ".env" in ignored, ".dockerignore must keep .env (secrets) out of the build context"
+
+
+def test_dockerfile_takes_its_base_as_a_build_argument_that_compose_passes() -> None:
+    instructions = dockerfile_instructions()
+    assert instructions[0].startswith("ARG BASE_IMAGE="), "the first instruction must be ARG BASE_IMAGE=<default>"
+    default = instructions[0].split("=", 1)[1]
+    assert instructions[1] == "FROM ${BASE_IMAGE}", instructions[1]
+    for name, service in load_compose()["services"].items():
+        if is_project_image(service):
+            build = service["build"]
+            assert isinstance(build, dict) and build["context"] == ".", f"{name}: build {build!r}"
+            assert build["args"]["BASE_IMAGE"] == f"${{BASE_IMAGE:-{default}}}", f"{name}: {build['args']}"
+
+
+# ---------------------------------------------------------------------------------- the image's lock and layers
+def test_image_lock_pins_what_the_suite_runs_on() -> None:
+    """image-requirements.lock is what scripts/image_lock.py makes from this (the test) environment."""
+    result = run_python("", str(ROOT / "scripts/image_lock.py"), "--check", timeout_s=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_dependencies_install_from_the_lock_before_the_code_is_copied() -> None:
+    """A code change rebuilds only the last layers: MLflow and the rest come from the lock, first."""
+    instructions = dockerfile_instructions()
+    lock_install = [i for i, line in enumerate(instructions) if re.match(r"RUN pip install -r \S+\.lock$", line)]
+    assert len(lock_install) == 1, "the dependencies must be installed from the lock in one RUN"
+    code_copies = [
+        i
+        for i, line in enumerate(instructions)
+        if line.startswith("COPY ") and any(part in line for part in ("pyproject.toml", "worker", "hokusai_registry"))
+    ]
+    assert code_copies and lock_install[0] < min(code_copies), "the code is copied before the dependencies install"
+    copied_before = [line for line in instructions[: lock_install[0]] if line.startswith("COPY ")]
+    assert all(".lock" in line for line in copied_before), f"only the lock may be copied first: {copied_before}"
+    project = [line for line in instructions if re.search(r"pip install .*\.\[server\]", line)]
+    assert project and "--no-deps" in project[0] and "pip check" in project[0], (
+        f"the project itself must install on the locked dependencies only (--no-deps, then pip check): {project}"
+    )
+
+
+# ---------------------------------------------------------------------------------- stand-ins, secrets, ports
+def test_stand_ins_replace_only_the_images_of_third_party_services() -> None:
+    services = load_compose()["services"]
+    override = yaml.safe_load(STAND_INS_FILE.read_text(encoding="utf-8"))["services"]
+    third_party = {name for name, service in services.items() if not is_project_image(service)}
+    assert set(override) == third_party, f"stand-ins for {sorted(override)}, third-party images: {sorted(third_party)}"
+    for name, service in override.items():
+        if name == "grafana":  # no Debian package: left out of `up` (docs/stack.md says so)
+            assert service == {"profiles": ["grafana"]}, service
+            continue
+        assert set(service) == {"image", "build"}, f"{name}: a stand-in changes only the image, not {sorted(service)}"
+        assert image_repository(service["image"]) == image_repository(services[name]["image"]), service["image"]
+        dockerfile = (ROOT / service["build"]["context"] / "Dockerfile").read_text(encoding="utf-8")
+        assert "ARG BASE_IMAGE" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile, f"{name}: not on the local base"
+        assert service["build"]["args"]["BASE_IMAGE"].startswith("${BASE_IMAGE"), service["build"]
+
+
+def dockerfile_uid() -> int:
+    (useradd,) = [line for line in dockerfile_instructions() if "useradd" in line]
+    return int(option_value(shlex.split(useradd), "--uid") or "-1")
+
+
+def test_make_secrets_writes_files_only_their_readers_can_read(tmp_path: Path) -> None:
+    """Compose bind-mounts file secrets as they are: each is 0400, owned by the uid of its reader."""
+    assert os.geteuid() == 0, "scripts/make-secrets.sh runs as root (it hands each file to its reader's uid)"
+    (tmp_path / "scripts").mkdir()
+    script = tmp_path / "scripts/make-secrets.sh"
+    script.write_text(MAKE_SECRETS.read_text(encoding="utf-8"), encoding="utf-8")
+    result = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    compose = load_compose()
+    folder = tmp_path / "secrets"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    uids = dict(re.findall(r"^(\w+_UID)=(\d+)", MAKE_SECRETS.read_text(encoding="utf-8"), re.M))
+    assert int(uids["HOKUSAI_UID"]) == dockerfile_uid(), "make-secrets.sh and the Dockerfile disagree on the uid"
+    grafana_uid = int(uids["GRAFANA_UID"])
+    for secret, spec in compose["secrets"].items():
+        path = folder / Path(spec["file"]).name
+        readers = {
+            name
+            for name, service in compose["services"].items()
+            if secret in [s if isinstance(s, str) else s["source"] for s in service.get("secrets") or []]
+        }
+        ours = {name for name in readers if is_project_image(compose["services"][name])}
+        expected_uid = dockerfile_uid() if ours else grafana_uid  # Redis and PostgreSQL read theirs as root
+        info = path.stat()
+        assert info.st_mode & 0o777 == 0o400, f"{path.name} is {info.st_mode & 0o777:o}, not 0400"
+        assert info.st_uid == expected_uid, f"{path.name} belongs to uid {info.st_uid}; {sorted(readers)} read it"
+        assert path.read_text(encoding="utf-8").strip(), path.name
+    first = {path.name: path.read_text(encoding="utf-8") for path in folder.iterdir()}
+    subprocess.run(["sh", str(script)], check=True, capture_output=True, timeout=60)
+    assert first == {path.name: path.read_text(encoding="utf-8") for path in folder.iterdir()}, "a re-run changed one"
+
+
+def test_published_ports_are_configurable_and_default_to_the_service_port() -> None:
+    """Every published port can move (``*_PUBLISH_PORT``), e.g. beside the host's own Redis on 6379."""
+    for name, service in load_compose()["services"].items():
+        for port in service.get("ports") or []:
+            match = re.fullmatch(
+                r"(?:\$\{\w+_PUBLISH_ADDRESS:-[\d.]+\}|127\.0\.0\.1):\$\{(\w+)_PUBLISH_PORT:-(\d+)\}:(\d+)", port
+            )
+            assert match, f"{name}: {port!r} is not ADDRESS:${{{name.upper()}_PUBLISH_PORT:-N}}:N"
+            assert match[1] == name.upper() and match[2] == match[3], f"{name}: {port!r}"
+
+
+def test_stack_scripts_parse() -> None:
+    for script in ("scripts/stack.sh", "scripts/stack-test.sh"):
+        result = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"{script}: {result.stderr}"
+    result = subprocess.run(["sh", "-n", str(MAKE_SECRETS)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
