@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -37,6 +38,7 @@ GRAFANA_DIR = ROOT / "deploy/grafana"
 HOKUSAI_UID = 10001
 WORKER_METRICS_PORT = 9808
 SCALED_WORKERS = 3
+PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "hokusai")
 #: Services the stand-ins override leaves out, and why (docs/stack.md).
 NOT_STARTED = {"grafana": "no Debian package, so no stand-in: its provisioning and queries are checked instead"}
 
@@ -505,30 +507,66 @@ def leaks(text: str, secrets: dict[str, str]) -> list[str]:
     return sorted(name for name, value in secrets.items() if value in text)
 
 
-@check("no secret in any container's docker inspect (Env, Cmd, Args), process list or log")
-def _no_secret_leaks(stack: Stack) -> str:
-    secrets = secret_values()
+def project_containers() -> list[tuple[str, str, str]]:
+    """(id, name, state) of every container of the project, one-off ones included."""
+    out = run(
+        ["docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format", "json"]
+    ).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return sorted((row["ID"], row["Names"], row["State"]) for row in rows)
+
+
+def secret_leaks(secrets: dict[str, str]) -> tuple[list[str], int]:
+    """Where a secret appears: each container's docker inspect, log and process command lines."""
     found: list[str] = []
-    everything = containers(all_states=True)
-    for container in everything:
-        details = inspect(container.id)  # all of it: Config.Env, Config.Cmd, Path, Args, labels, mounts
-        found += [f"{container.name} inspect: {name}" for name in leaks(json.dumps(details), secrets)]
-        found += [f"{container.name} log: {name}" for name in leaks(container_logs(container.id), secrets)]
-        if container.state == "running":  # what ps shows inside: every process's command line
+    everything = project_containers()
+    for container_id, name, state in everything:
+        details = inspect(container_id)  # all of it: Config.Env, Config.Cmd, Path, Args, labels, mounts
+        found += [f"{name} inspect: {secret}" for secret in leaks(json.dumps(details), secrets)]
+        found += [f"{name} log: {secret}" for secret in leaks(container_logs(container_id), secrets)]
+        if state == "running":  # what ps shows inside: every process's command line
             listing = run(
                 [
                     "docker",
                     "exec",
-                    container.id,
+                    container_id,
                     "sh",
                     "-c",
                     'for f in /proc/[0-9]*/cmdline; do tr "\\0" " " < "$f"; echo; done',
                 ]
             ).stdout
-            require(listing.strip(), f"{container.name}: no process listing")
-            found += [f"{container.name} ps: {name}" for name in leaks(listing, secrets)]
+            require(listing.strip(), f"{name}: no process listing")
+            found += [f"{name} ps: {secret}" for secret in leaks(listing, secrets)]
+    return found, len(everything)
+
+
+@check("no secret in any container's docker inspect (Env, Cmd, Args), process list or log")
+def _no_secret_leaks(stack: Stack) -> str:
+    secrets = secret_values()
+    found, count = secret_leaks(secrets)
     require(not found, f"secrets leaked: {found}")
-    return f"{len(everything)} containers: inspect, processes and logs hold none of {len(secrets)} secrets"
+    return f"{count} containers: inspect, processes and logs hold none of {len(secrets)} secrets"
+
+
+@check("the leak check catches a leak: a container given the webhook secret as a variable is reported")
+def _leak_canary(stack: Stack) -> str:
+    secrets = secret_values()
+    (worker, *_) = containers("worker")
+    image = inspect(worker.id)["Config"]["Image"]
+    name = f"{PROJECT}-leak-canary"
+    with tempfile.NamedTemporaryFile("w", suffix=".env") as env_file:  # never on a command line
+        env_file.write(f"CANARY={secrets['webhook_secret']}\n")
+        env_file.flush()
+        run(["docker", "run", "-d", "--name", name, "--env-file", env_file.name,
+             "--label", f"com.docker.compose.project={PROJECT}", image, "sleep", "120"])  # fmt: skip
+    try:
+        found, _ = secret_leaks(secrets)
+    finally:
+        run(["docker", "rm", "-f", name])
+    caught = [where for where in found if where.startswith(f"{name} inspect:")]
+    require(caught, f"a container holding the webhook secret in its Env went unreported: {found}")
+    require(len(caught) == len(found), f"leaks beyond the canary: {found}")
+    return f"reported: {', '.join(caught)}"
 
 
 @check("secret files are readable only by the service that needs them")
@@ -557,6 +595,29 @@ def _secret_files(stack: Stack) -> str:
                 problems.append(f"{container.name}: {name} belongs to uid {owner}, the service runs as {uid}")
     require(not problems, "; ".join(problems))
     return f"{checked} mounted secret files: owner-only (0400), owned by the service's uid; host files 0400"
+
+
+@check("a broken worker healthcheck is caught: `up --wait` fails and the worker reads unhealthy")
+def _broken_healthcheck_canary(stack: Stack) -> str:
+    # The worker's own healthcheck, asking a node that does not exist: what a wrong command looks like.
+    test = yaml.safe_load(compose("config").stdout)["services"]["worker"]["healthcheck"]["test"]
+    broken = [re.sub(r"-d celery@\$\$?HOSTNAME", "-d celery@no-such-node", part) for part in test]
+    require(broken != test, f"the worker's healthcheck no longer pings its own node: {test}")
+    override = {"services": {"worker": {"healthcheck": {
+        "test": broken, "interval": "2s", "timeout": "15s", "retries": 1, "start_period": "0s"}}}}  # fmt: skip
+    files = os.environ["COMPOSE_FILE"].split(os.pathsep)
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", dir=ROOT / ".hokusai") as extra:
+        yaml.safe_dump(override, extra)
+        extra.flush()
+        argv = [arg for f in (*files, extra.name) for arg in ("-f", f)]
+        began = time.monotonic()
+        up = compose(*argv, "up", "-d", "--wait", "--wait-timeout", "120", "--no-deps", "--scale", "worker=1",
+                     "worker", timeout_s=240, check=False)  # fmt: skip
+        took = time.monotonic() - began
+    require(up.returncode != 0, f"up --wait passed with a broken worker healthcheck: {up.stdout[-300:]}")
+    states = {c.name: c.health for c in containers("worker", all_states=True)}
+    require("unhealthy" in states.values(), f"worker health after the broken check: {states}")
+    return f"up --wait exited {up.returncode} after {took:.0f}s; worker health {states}"
 
 
 def main() -> int:

@@ -3,7 +3,9 @@
 # Extra arguments go to pytest (e.g. scripts/test.sh -k registry -x).
 # The whole suite (no arguments) also runs the registry and queue tests, beside it, on the oldest
 # supported MLflow (the newest 3.4.x), in a second virtualenv this script installs and keeps
-# (.venv-mlflow-oldest; HOKUSAI_SKIP_OLDEST_MLFLOW=1 skips that pass).
+# (.venv-mlflow-oldest; HOKUSAI_SKIP_OLDEST_MLFLOW=1 skips that pass), and the Docker stack test
+# (scripts/stack-test.sh: it needs root; HOKUSAI_SKIP_STACK_TEST=1 skips it, and so does a non-root
+# run outside CI, saying so; with CI=true a non-root run fails instead).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -35,6 +37,21 @@ if [ -z "${HOKUSAI_SKIP_OLDEST_MLFLOW:-}" ]; then
   ) > "$oldest_log" 2>&1 &
   oldest_pid=$!
 fi
+# The Docker stack test runs beside them too: most of it is image builds and waiting on containers.
+stack_pid=""
+stack_rc=0
+if [ -z "${HOKUSAI_SKIP_STACK_TEST:-}" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    stack_log="$(mktemp -t hokusai-stack-test.XXXXXX)"
+    bash scripts/stack-test.sh >"$stack_log" 2>&1 &
+    stack_pid=$!
+  elif [ "${CI:-}" = true ]; then
+    echo "==> FAILED: scripts/stack-test.sh needs root (apt-get, dockerd), and CI runs it" >&2
+    stack_rc=1
+  else
+    echo "==> not root: the Docker stack test (scripts/stack-test.sh) is not run; run it as root"
+  fi
+fi
 main_rc=0
 python -m pytest || main_rc=$?
 oldest_rc=0
@@ -44,7 +61,13 @@ if [ -n "$oldest_pid" ]; then
   cat "$oldest_log"
   rm -f "$oldest_log"
 fi
-if [ "$main_rc" -ne 0 ] || [ "$oldest_rc" -ne 0 ]; then
-  echo "==> FAILED: main suite exit $main_rc, oldest-MLflow pass exit $oldest_rc" >&2
+if [ -n "$stack_pid" ]; then
+  wait "$stack_pid" || stack_rc=$?
+  echo "==> the Docker stack (bash scripts/stack-test.sh), run beside the suite"
+  cat "$stack_log"
+  rm -f "$stack_log"
+fi
+if [ "$main_rc" -ne 0 ] || [ "$oldest_rc" -ne 0 ] || [ "$stack_rc" -ne 0 ]; then
+  echo "==> FAILED: main suite exit $main_rc, oldest-MLflow pass exit $oldest_rc, stack test exit $stack_rc" >&2
   exit 1
 fi

@@ -7,6 +7,10 @@ The rules (tests/test_doc_samples.py runs every sample by them):
   (``json``, ``text``, ``yaml``, ...) is data or output, shown and not run. An untagged fence fails.
 - **Illustrative.** A sample that cannot run on one machine carries ``<!-- illustrative: REASON -->`` on
   the line before its fence; the reason is required. Nothing else is skipped.
+- **Run by a script.** A block that needs root and minutes (the Docker stack) carries
+  ``<!-- run by: SCRIPT -->``: SCRIPT runs it word for word, either reading it from the page
+  (``scripts/doc_block.py PAGE SCRIPT``) or holding each of its commands verbatim; this test checks
+  which, and does not run the block itself.
 - **Services the text says are running.** ``<!-- runs with: a worker -->`` before a fence starts what
   :data:`RUNS_WITH` names (the documented command, in the sample's own environment and folder) for the
   sample's duration; the page's text must say so too.
@@ -73,7 +77,7 @@ SAMPLE_TIMEOUT_S = 240.0
 READY_TIMEOUT_S = 120
 
 _FENCE_RE = re.compile(r"^(?P<indent>\s*)(?P<fence>```+)(?P<info>[^`]*)$")
-_MARKER_RE = re.compile(r"^\s*<!--\s*(?P<key>illustrative|runs with)\s*:?\s*(?P<value>.*?)\s*-->\s*$")
+_MARKER_RE = re.compile(r"^\s*<!--\s*(?P<key>illustrative|runs with|run by)\s*:?\s*(?P<value>.*?)\s*-->\s*$")
 _EXPORT_RE = re.compile(r"^\s*export\s+[A-Za-z_][A-Za-z0-9_]*=")
 _EXPECT_RE = re.compile(r"\bexit\s+(?P<code>\d+)\W*$")
 _SHOW_STATUS_RE = re.compile(r"\s*;\s*echo\s+[\"']?exit \$\?[\"']?\s*$")
@@ -90,6 +94,7 @@ class Sample:
     code: str
     illustrative: str | None = None  #: the reason, when marked illustrative ("" when marked without one)
     runs_with: tuple[str, ...] = ()
+    run_by: str | None = None  #: the script that runs it word for word, when marked ``run by``
     exports: tuple[str, ...] = field(default=(), repr=False)  #: export lines of the page's earlier shell blocks
 
     @property
@@ -106,7 +111,7 @@ class Sample:
 
     @property
     def runnable(self) -> bool:
-        return self.kind != "data" and self.illustrative is None
+        return self.kind != "data" and self.illustrative is None and self.run_by is None
 
 
 def samples_of(page: Path) -> list[Sample]:
@@ -126,17 +131,19 @@ def samples_of(page: Path) -> list[Sample]:
         while end < len(lines) and lines[end].strip() != fence:
             body.append(lines[end][indent:] if lines[end][:indent].strip() == "" else lines[end])
             end += 1
-        illustrative, runs_with = None, []
+        illustrative, runs_with, run_by = None, [], None
         before = index - 1
         while before >= 0 and (marker := _MARKER_RE.match(lines[before])):
             if marker["key"] == "illustrative":
                 illustrative = marker["value"]
+            elif marker["key"] == "run by":
+                run_by = marker["value"]
             else:
                 runs_with.append(marker["value"])
             before -= 1
         language = (opening["info"].split() or [""])[0].lower()
         sample = Sample(page, index + 1, language, "\n".join(body) + "\n", illustrative, tuple(runs_with),
-                        tuple(exports))  # fmt: skip
+                        run_by=run_by, exports=tuple(exports))  # fmt: skip
         samples.append(sample)
         if sample.kind == "shell":
             exports.extend(line for line in commands_of(sample) if _EXPORT_RE.match(line))
@@ -249,7 +256,7 @@ def python_script(sample: Sample, folder: Path, log_dir: Path) -> str:
     path = folder / f"sample_{sample.line}.py"
     path.write_text(sample.code, encoding="utf-8")
     return shell_script(Sample(sample.page, sample.line, "bash", f"python {path.name}\n", None, sample.runs_with,
-                               sample.exports), log_dir)  # fmt: skip
+                               exports=sample.exports), log_dir)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ running

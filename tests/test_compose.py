@@ -807,3 +807,14 @@ def test_stack_scripts_parse() -> None:
         assert result.returncode == 0, f"{script}: {result.stderr}"
     result = subprocess.run(["sh", "-n", str(MAKE_SECRETS)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_published_port_is_on_loopback_by_default() -> None:
+    """After ``cp .env.example .env`` nothing listens beyond the host: widening is a documented choice."""
+    published = {
+        name: [str(port) for port in service.get("ports", [])]
+        for name, service in interpolated_compose()["services"].items()
+    }
+    assert published["flower"], "Flower must be published (operators open it)"
+    wide = {name: ports for name, ports in published.items() for port in ports if not port.startswith("127.0.0.1:")}
+    assert wide == {}, f"published beyond loopback by default: {wide}"

@@ -20,11 +20,13 @@ import redis
 from tests.doc_samples import (
     DOCS_REDIS_URL,
     PAGES,
+    ROOT,
     RUNS_WITH,
     FreshInstall,
     Sample,
     all_samples,
     clean_copy,
+    commands_of,
     installs_packages,
     python_script,
     run_script,
@@ -33,6 +35,7 @@ from tests.doc_samples import (
     sets_redis_url,
     shell_script,
     shown_script,
+    split_comment,
 )
 from tests.support import require_service
 
@@ -66,6 +69,28 @@ def test_samples_keep_to_the_docs_redis_database() -> None:
         for url in sets_redis_url(sample):
             if url.startswith(("redis://127.0.0.1:6379", "redis://localhost:6379")):
                 assert url == DOCS_REDIS_URL, f"{sample.where} uses {url}; the docs' samples use {DOCS_REDIS_URL}"
+
+
+def test_blocks_run_by_a_script_are_run_by_it_word_for_word() -> None:
+    """``<!-- run by: SCRIPT -->``: SCRIPT reads the block from its page, or holds each command verbatim."""
+    from scripts.doc_block import blocks_run_by, commands
+
+    marked = [sample for sample in SAMPLES if sample.run_by is not None]
+    assert any(s.page.name == "README.md" for s in marked), "the README's stack lines are run by no script"
+    for sample in marked:
+        assert sample.run_by is not None and sample.kind == "shell", f"{sample.where}: only shell blocks are run by"
+        script = ROOT / sample.run_by
+        assert script.is_file(), f"{sample.where}: run by {sample.run_by}, which does not exist"
+        text = script.read_text(encoding="utf-8")
+        page = sample.page.relative_to(ROOT)
+        expected = [split_comment(line)[0].rstrip() for line in commands_of(sample)]
+        expected = [line for line in expected if line.strip()]
+        if f"scripts/doc_block.py {page} {sample.run_by}" in text:
+            (body,) = blocks_run_by(sample.page, sample.run_by)
+            assert commands(body) == expected, f"{sample.where}: doc_block.py reads {commands(body)}"
+        else:
+            missing = [line for line in expected if line not in text]
+            assert not missing, f"{sample.where}: {sample.run_by} neither reads the block nor runs {missing}"
 
 
 def test_the_runner_finds_samples_of_every_page() -> None:
