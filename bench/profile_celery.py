@@ -19,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from bench import common
+from bench import machine, reports, stack_setup
 from devtools import builders, devstack
 
 
@@ -54,7 +54,7 @@ def store_ms(be: Any, state: str, result: Any, req: Any, n: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_celery", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=500)
-    parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "profile-celery.json")
+    parser.add_argument("--output", type=Path, default=reports.RESULTS_DIR / "profile-celery.json")
     args = parser.parse_args(argv)
     job = builders.job()
     job_payload = job.model_dump(mode="json")
@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                       "status": "delivered", "event_id": str(uuid.uuid4()), "attempt": 1}  # fmt: skip
     tasks = {"register": (request("hokusai.register_model", [job_payload]), result),
              "webhook": (request("hokusai.emit_webhook", [result]), webhook_result)}  # fmt: skip
-    report: dict[str, Any] = {"machine": common.machine_info(), "loadavg": common.loadavg(), "n": args.n}
+    report: dict[str, Any] = {"machine": machine.machine_info(), "loadavg": machine.loadavg(), "n": args.n}
     work = devstack.scratch_dir("hokusai-profile-celery-")
-    with common.own_redis(work) as redis_url:
+    with stack_setup.own_redis(work) as redis_url:
         for extended in (True, False):
             be = backend(redis_url, extended=extended)
             key = "extended" if extended else "plain"
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             }
     for key in ("extended", "plain"):
         print(key, report[key])
-    common.write_json(args.output, report)
+    reports.write_json(args.output, report)
     print(f"wrote {args.output}")
     return 0
 

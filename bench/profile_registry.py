@@ -26,12 +26,11 @@ import warnings
 from collections import defaultdict
 from typing import Any
 
-from bench import common
+from bench import stack_setup, workload
 from devtools import devstack
 
 TIMES: dict[str, list[float]] = defaultdict(list)
 COUNTS: dict[str, int] = defaultdict(int)
-_DEPTH = {"n": 0}
 
 
 def timed(owner: Any, attribute: str, label: str) -> None:
@@ -62,7 +61,7 @@ def counted(owner: Any, attribute: str, label: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_registry")
     parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--store", choices=common.STORES, default="sqlite")
+    parser.add_argument("--store", choices=stack_setup.STORES, default="sqlite")
     parser.add_argument("--cprofile", action="store_true")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -104,11 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     work = devstack.scratch_dir("hokusai-profile-")
     sink = io.StringIO()
     try:
-        with common.mlflow_store(args.store, work) as store:
-            common.activate(store.tracking_uri)
-            model = common.make_model()
-            requirements = common.explicit_requirements()
-            experiment = common.bench_experiment(store, "bench-bare")
+        with stack_setup.mlflow_store(args.store, work) as store:
+            stack_setup.activate(store.tracking_uri)
+            model = workload.make_model()
+            requirements = workload.explicit_requirements()
+            experiment = stack_setup.bench_experiment(store, "bench-bare")
             registry = HokusaiModelRegistry(
                 store.tracking_uri,
                 settings=Settings(hokusai_home=work / "home", mlflow_tracking_uri=store.tracking_uri),
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 mlflow.register_model(info.model_uri, "bench_bare")
 
             def register() -> None:
-                registry.register_baseline(model, "classification", common.METADATA, pip_requirements=requirements)
+                registry.register_baseline(model, "classification", workload.METADATA, pip_requirements=requirements)
 
             with contextlib.redirect_stderr(sink):
                 bare(), register()  # warm-up

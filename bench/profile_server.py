@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench import common
+from bench import machine, reports, stats
 from devtools import devstack
 
 NO_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -46,7 +46,7 @@ def timed(call: Any, n: int) -> dict[str, float]:
         start = time.perf_counter()
         call()
         values.append((time.perf_counter() - start) * 1000)
-    return {"median_ms": round(statistics.median(values), 2), "p95_ms": round(common.percentile(values, 95), 2)}
+    return {"median_ms": round(statistics.median(values), 2), "p95_ms": round(stats.percentile(values, 95), 2)}
 
 
 def measure(url: str, n: int) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def nodelay_patch(work: Path) -> Iterator[dict[str, str]]:
 
 
 def server_tree(port: int) -> list[int]:
-    return [p for pid in common.pids_matching("mlflow", "server", f"--port {port}") for p in common.tree_pids(pid)]
+    return [p for pid in machine.pids_matching("mlflow", "server", f"--port {port}") for p in machine.tree_pids(pid)]
 
 
 def strace_server(port: int, url: str, work: Path) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def strace_server(port: int, url: str, work: Path) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = devstack.scratch_dir("hokusai-profile-server-")
-    report: dict[str, Any] = {"machine": common.machine_info(), "loadavg_before": Path("/proc/loadavg").read_text()}
+    report: dict[str, Any] = {"machine": machine.machine_info(), "loadavg_before": Path("/proc/loadavg").read_text()}
     try:
         for label, (workers, extra, env) in CONFIGS.items():
             if args.only and args.only not in label:
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result = measure(url, args.requests)
                 pids = server_tree(port)
                 result["server_processes"] = len(pids)
-                result["server_rss_mib"] = common.mib(sum(common._rss_bytes(p) for p in pids))
+                result["server_rss_mib"] = machine.mib(machine.rss_of(pids))
                 if args.strace and shutil.which("strace"):
                     result["strace"] = strace_server(port, url, work)
                 report[label] = result
@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--strace", action="store_true")
     parser.add_argument("--only", default="", help="run only configurations whose label contains this")
-    parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "profile-server.json")
+    parser.add_argument("--output", type=Path, default=reports.RESULTS_DIR / "profile-server.json")
     args = parser.parse_args(argv)
-    common.write_json(args.output, run(args))
+    reports.write_json(args.output, run(args))
     print(f"wrote {args.output}")
     return 0
 

@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 
-from bench import common
+from bench import stack_setup, stats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
     times: dict[str, list[float]] = {"deliver, new client per attempt (today)": [],
                                      "deliver, shared client": [], "httpx.Client() create + close": []}  # fmt: skip
-    with WebhookReceiver(common.SECRET) as receiver:
-        settings = Settings(webhook_url=receiver.url, webhook_secret=common.SECRET, webhook_allow_http=True)
+    with WebhookReceiver(stack_setup.SECRET) as receiver:
+        settings = Settings(webhook_url=receiver.url, webhook_secret=stack_setup.SECRET, webhook_allow_http=True)
         secret = delivery.webhook_secret(settings)
         shared = httpx.Client()
         for rep in range(args.reps + 1):
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, values in times.items():
         print(
             f"  {label:<44}{statistics.median(values) * 1000:>8.1f} ms"
-            f"   p95 {common.percentile(values, 95) * 1000:.1f} ms"
+            f"   p95 {stats.percentile(values, 95) * 1000:.1f} ms"
         )
     return 0
 

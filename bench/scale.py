@@ -30,14 +30,15 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench import common
+from bench import machine, reports, stack_setup, stats, topologies, workload
+from bench.queue_bench import QueueBench
 from devtools import devstack
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--topologies", default="compose,gthread-2-close,sync-2,uvicorn-1",
-                        help="comma-separated: compose, " + ", ".join(common.TOPOLOGIES))  # fmt: skip
+                        help="comma-separated: compose, " + ", ".join(topologies.TOPOLOGIES))  # fmt: skip
     parser.add_argument("--uploads-too", action="store_true",
                         help="also run compose with the artifacts stored the other way (uploaded through the "
                              "server instead of written by the workers, SERVED_ARTIFACTS_DESTINATION)")  # fmt: skip
@@ -45,13 +46,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=30, help="jobs per batch (default 30)")
     parser.add_argument("--reps", type=int, default=3, help="rounds: batches per topology and worker count (default 3)")
     parser.add_argument("--seed", type=int, default=13, help="seed of the per-round order")
-    parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "scale-latest.json")
-    parser.add_argument("--plot", type=Path, default=common.RESULTS_DIR / "scale.png")
+    parser.add_argument("--output", type=Path, default=reports.RESULTS_DIR / "scale-latest.json")
+    parser.add_argument("--plot", type=Path, default=reports.RESULTS_DIR / "scale.png")
     parser.add_argument("--replot", action="store_true", help="only draw the plot again from --output's JSON")
     args = parser.parse_args(argv)
     args.topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
     for name in args.topologies:
-        if name != "compose" and name not in common.TOPOLOGIES:
+        if name != "compose" and name not in topologies.TOPOLOGIES:
             parser.error(f"unknown topology {name!r}")
     args.workers = sorted({int(n) for n in args.workers.split(",")})
     return args
@@ -62,40 +63,39 @@ class Stack:
     """One topology's running stack: its own Redis, database, server, workers and receiver."""
 
     label: str
-    topology: common.ServerTopology
+    topology: topologies.ServerTopology
     writes: bool
-    store: common.Store
+    store: stack_setup.Store
     queue: Any
     batches: dict[str, list[dict[str, Any]]]
 
 
 def start_stack(stack: ExitStack, name: str, args: argparse.Namespace, *, writes: bool) -> Stack:
     """Start one topology (left running until ``stack`` closes) and warm every worker process up."""
-    from bench.run import QueueBench
     from devtools.receiver import WebhookReceiver
     from producers.enqueue import enqueue_registration
 
-    topology = common.compose_topology() if name == "compose" else common.TOPOLOGIES[name]
+    topology = topologies.compose_topology() if name == "compose" else topologies.TOPOLOGIES[name]
     topology = dataclasses.replace(topology, workers_write_artifacts=writes)
     path = "workers on its database" if topology.workers_on_database else "workers through the server"
     label = f"{name}: {path}, {'workers write artifacts' if writes else 'artifacts uploaded through the server'}"
     work = devstack.scratch_dir("hokusai-scale-")
     stack.callback(shutil.rmtree, work, ignore_errors=True)
     print(f"\n== starting {label}: {topology.describe()}", flush=True)
-    redis_url = stack.enter_context(common.own_redis(work))
+    redis_url = stack.enter_context(stack_setup.own_redis(work))
     store = stack.enter_context(
-        common.mlflow_store("postgres", work, topology=topology, workers_write_artifacts=writes)
+        stack_setup.mlflow_store("postgres", work, topology=topology, workers_write_artifacts=writes)
     )
-    receiver = stack.enter_context(WebhookReceiver(common.SECRET))
+    receiver = stack.enter_context(WebhookReceiver(stack_setup.SECRET))
     staging = work / "staging"
     staging.mkdir(parents=True)
-    model_dir = common.stage_model(common.make_model(), staging, common.explicit_requirements())
+    model_dir = workload.stage_model(workload.make_model(), staging, workload.explicit_requirements())
     queue = QueueBench(store, redis_url, model_dir, staging, receiver, workers=max(args.workers))
     queue.start()
     stack.callback(queue.stop)
     warm = 2 * max(args.workers)  # every worker process opens its store before timing
     for _ in range(warm):
-        enqueue_registration(common.job_fields(model_dir), settings=queue.settings)
+        enqueue_registration(workload.job_fields(model_dir), settings=queue.settings)
     receiver.wait_for(warm, timeout_s=300)
     return Stack(label, topology, writes, store, queue, {str(n): [] for n in args.workers})
 
@@ -115,7 +115,7 @@ def run_rounds(stacks: list[Stack], args: argparse.Namespace) -> list[dict[str, 
         for stack, count in pairs:
             stack.queue.use(count)
             outcome = stack.queue.batch(args.batch)
-            outcome["loadavg"] = common.loadavg()
+            outcome["loadavg"] = machine.loadavg()
             outcome["round"] = round_no
             stack.batches[str(count)].append(outcome)
             print(f"  round {round_no + 1}: {stack.label} {count} worker(s): {outcome['jobs_per_s']:.2f} jobs/s; "
@@ -126,19 +126,19 @@ def run_rounds(stacks: list[Stack], args: argparse.Namespace) -> list[dict[str, 
         medians = {n: round(statistics.median(b["jobs_per_s"] for b in bs), 3) for n, bs in stack.batches.items() if bs}
         one = medians.get("1")
         # 2w/1w within each round: the two batches ran minutes apart at most
-        same_round = common.per_round_ratios(stack.batches.get("1", []), stack.batches.get("2", []))
+        same_round = stats.per_round_ratios(stack.batches.get("1", []), stack.batches.get("2", []))
         results.append({
             "topology": stack.topology.describe(), "workers_write_artifacts": stack.writes, "label": stack.label,
             "median_jobs_per_s": medians,
             "speedup_over_1_worker": {n: round(v / one, 3) for n, v in medians.items()} if one else None,
             "speedup_2w_per_round": same_round,
-            "server_rss_mib": common.mib(common.rss_of(stack.store.process_groups().get("mlflow_server", []))),
+            "server_rss_mib": machine.mib(machine.rss_of(stack.store.process_groups().get("mlflow_server", []))),
             "batches": stack.batches,
         })  # fmt: skip
     return results
 
 
-def plot(results: list[dict[str, Any]], path: Path, machine: dict[str, Any]) -> None:
+def plot(results: list[dict[str, Any]], path: Path, facts: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,7 +160,7 @@ def plot(results: list[dict[str, Any]], path: Path, machine: dict[str, Any]) -> 
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"MLflow server on PostgreSQL, {machine['cores']} cores, {machine['date_utc'][:10]}", fontsize=10)
+    ax.set_title(f"MLflow server on PostgreSQL, {facts['cores']} cores, {facts['date_utc'][:10]}", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -181,23 +181,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     warnings.filterwarnings("ignore")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
-    machine = common.machine_info()
-    machine["loadavg_at_start"] = common.loadavg()
+    facts = machine.machine_info()
+    facts["loadavg_at_start"] = machine.loadavg()
     started = time.perf_counter()
-    compose_writes = common.compose_topology().workers_write_artifacts  # every topology stores artifacts so
+    compose_writes = topologies.compose_topology().workers_write_artifacts  # every topology stores artifacts so
     runs = [(name, compose_writes) for name in args.topologies]
     runs += [("compose", not compose_writes)] if args.uploads_too else []
     with ExitStack() as stack:
         stacks = [start_stack(stack, name, args, writes=writes) for name, writes in runs]
         results = run_rounds(stacks, args)
     report = {
-        "benchmark": "bench.scale", "machine": machine,
+        "benchmark": "bench.scale", "machine": facts,
         "parameters": {"topologies": args.topologies, "uploads_too": args.uploads_too, "workers": args.workers,
                        "batch": args.batch, "reps": args.reps, "seed": args.seed},
-        "results": results, "loadavg_at_end": common.loadavg(), "duration_s": round(time.perf_counter() - started, 1),
+        "results": results, "loadavg_at_end": machine.loadavg(), "duration_s": round(time.perf_counter() - started, 1),
     }  # fmt: skip
-    common.write_json(args.output, report)
-    plot(results, args.plot, machine)
+    reports.write_json(args.output, report)
+    plot(results, args.plot, facts)
     print()
     for result in results:
         print(f"{result['label']:<34} jobs/s {result['median_jobs_per_s']}  speed-up {result['speedup_over_1_worker']}"

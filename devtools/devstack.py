@@ -317,13 +317,6 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _mlflow_version() -> tuple[int, int]:
-    from importlib.metadata import version
-
-    major, minor = version("mlflow").split(".")[:2]
-    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
-
-
 @contextmanager
 def mlflow_server(
     *,

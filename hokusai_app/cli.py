@@ -5,88 +5,42 @@ Every command exits with a code of ``hokusai_app.exit_codes.ExitCode`` (the one 
 docs/cli.md and by ``--help``); errors from the product's error tree are mapped to it by
 ``exit_code_for`` and shown as ``Error: <message>``, without a traceback.
 Heavy modules (mlflow, the worker, celery) are imported inside the commands that need them.
+This module holds the top-level commands and the ``webhooks`` group; the ``jobs`` group is
+``hokusai_app.cli_jobs``; what every group shares (error display, settings, output) is
+``hokusai_app.cli_base``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import traceback
 from datetime import datetime
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import click
-from pydantic import ValidationError
 
-from hokusai_app.exit_codes import ExitCode, exit_code_for, help_table
+from hokusai_app.cli_base import SINCE_HELP, Group, echo_json, exit_with, load_settings, note, since_option
+from hokusai_app.cli_jobs import jobs
+from hokusai_app.exit_codes import ExitCode, help_table
 from hokusai_registry.contract import MODEL_TYPES, job_json_schema
-from hokusai_registry.errors import ConfigurationError, HokusaiError, InvalidInputError, NotFoundError
-from hokusai_registry.settings import Settings, describe_invalid, get_settings
-
-
-class _ProductError(click.ClickException):
-    """``Error: <message>`` on stderr and the exit code of the table."""
-
-    def __init__(self, message: str, code: ExitCode) -> None:
-        super().__init__(message)
-        self.exit_code = int(code)  # type: ignore[misc]  # click reads it from the instance
-
-
-class _Group(click.Group):
-    """A group that shows errors as ``Error: <message>`` and exits with their code (``exit_code_for``).
-
-    Product and MLflow errors carry no traceback; anything else is a bug: traceback, then ``INTERNAL``.
-    """
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise  # click's own: usage errors exit 2, and the codes commands chose
-        except Exception as exc:
-            code = exit_code_for(exc)
-            if code is ExitCode.INTERNAL:
-                traceback.print_exc(file=sys.stderr)
-                message = f"unexpected {type(exc).__name__}: {exc} (a bug: please report it with the traceback)"
-            elif isinstance(exc, HokusaiError):
-                message = str(exc)
-            else:  # e.g. an MLflow store that refuses a request
-                message = f"MLflow: {exc}"
-            raise _ProductError(message, code) from exc
-
-
-def _exit(code: ExitCode) -> NoReturn:
-    sys.exit(int(code))
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except ValidationError as exc:  # never echo the input: it may hold a password
-        raise ConfigurationError(describe_invalid(exc)) from None
-
-
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
-
-
-def _note(message: str) -> None:
-    click.echo(message, err=True)
-
+from hokusai_registry.errors import ConfigurationError, NotFoundError
 
 _EPILOG = "\b\nExit codes (the same for every command; docs/cli.md):\n" + help_table()
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG)
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG)
 @click.version_option(package_name="hokusai-registry", prog_name="hokusai-registry")
 def main() -> None:
     """Queue-backed MLflow model registration for the Hokusai marketplace."""
 
 
+main.add_command(jobs)
+
+
 @main.command()
 def schema() -> None:
     """Print the JSON Schema of a registration job."""
-    _echo_json(job_json_schema())
+    echo_json(job_json_schema())
 
 
 # ------------------------------------------------------------------ enqueue
@@ -186,128 +140,16 @@ def enqueue(file: IO[str] | None, wait: bool, timeout_s: float, **flags: Any) ->
     """
     from producers.enqueue import enqueue_registration, wait_for_job
 
-    settings = _settings()
+    settings = load_settings()
     job_id = enqueue_registration(_job_fields(file, flags), settings=settings)
     if not wait:
         click.echo(job_id)
         return
-    _note(f"enqueued job {job_id}; waiting up to {timeout_s:g}s")
+    note(f"enqueued job {job_id}; waiting up to {timeout_s:g}s")
     status = wait_for_job(job_id, timeout_s, settings)
-    _echo_json(status)
+    echo_json(status)
     if status["state"] != "SUCCESS":
-        _exit(ExitCode.NOT_OK)
-
-
-# ------------------------------------------------------------------ jobs
-@main.group(cls=_Group)
-def jobs() -> None:
-    """Inspect enqueued and failed jobs."""
-
-
-@jobs.command("status")
-@click.argument("job_id")
-def jobs_status(job_id: str) -> None:
-    """Print the state and result/error of JOB_ID as JSON (exit 0 whatever the state, but UNKNOWN).
-
-    State UNKNOWN (exit 1): no producer enqueued JOB_ID while results are kept. The webhook's
-    delivery is read from the webhook event store: delivered (also by a replay) shows SUCCESS,
-    dead-lettered shows FAILURE with the event id and the replay command.
-    """
-    from hokusai_app.status import full_status
-
-    status = full_status(job_id, _settings())
-    _echo_json(status)
-    if status["state"] == "UNKNOWN":
-        _note(f"job {status['job_id']} is unknown: never enqueued, or older than RESULT_EXPIRES_S")
-        _exit(ExitCode.NOT_OK)
-
-
-def _parse_since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
-    from hokusai_registry.records import parse_since
-
-    if value is None:
-        return None
-    try:
-        return parse_since(value)
-    except InvalidInputError as exc:
-        raise click.BadParameter(str(exc)) from exc
-
-
-_SINCE_HELP = "ISO-8601 time with a zone, or naive = UTC (e.g. 2026-11-27T09:23:14)."
-
-
-def _redis() -> Any:
-    from hokusai_registry.redis_client import connect
-
-    return connect(_settings().redis_url)
-
-
-@jobs.command("failed")
-@click.option("--since", callback=_parse_since, help=f"Only failures at/after this time. {_SINCE_HELP}")
-def jobs_failed(since: datetime | None) -> None:
-    """List jobs that failed for good (the failed-jobs store), oldest first, as JSON."""
-    from hokusai_registry import failed_jobs
-
-    records = failed_jobs.list_failures(_redis(), since)
-    _echo_json([record.model_dump(mode="json") for record in records])
-    _note(f"{len(records)} failed job(s)")
-
-
-@jobs.command("show-failed")
-@click.argument("job_id")
-def jobs_show_failed(job_id: str) -> None:
-    """Show the failure record of JOB_ID (with the job to replay) as JSON."""
-    from hokusai_registry import failed_jobs
-
-    record = failed_jobs.get_failure(_redis(), job_id)
-    if record is None:
-        raise NotFoundError(f"no failed job {job_id!r} (see 'hokusai-registry jobs failed')")
-    _echo_json(record.model_dump(mode="json"))
-
-
-@jobs.command("retry")
-@click.argument("job_id")
-def jobs_retry(job_id: str) -> None:
-    """Publish a failed job again with the same job id; its failure record is removed once published."""
-    from hokusai_app.retry import retry_failed_job
-
-    task_id = retry_failed_job(job_id, _settings())
-    click.echo(task_id)
-    _note(f"republished {task_id}; follow it with 'hokusai-registry jobs status {task_id}'")
-
-
-@jobs.command("quarantined")
-@click.option("--since", callback=_parse_since, help=f"Only messages received at/after this time. {_SINCE_HELP}")
-def jobs_quarantined(since: datetime | None) -> None:
-    """List quarantined messages (queue items no task could run), oldest first, as JSON."""
-    from hokusai_registry import quarantine
-
-    records = quarantine.store(_redis()).list(since)
-    _echo_json([record.as_dict() for record in records])
-    _note(f"{len(records)} quarantined message(s)")
-
-
-@jobs.command("show-quarantined")
-@click.argument("quarantine_id")
-def jobs_show_quarantined(quarantine_id: str) -> None:
-    """Show one quarantined message with its raw bytes (capped) as JSON."""
-    from hokusai_registry import quarantine
-
-    record = quarantine.store(_redis()).get(quarantine_id)
-    if record is None:
-        raise NotFoundError(f"no quarantined message {quarantine_id!r} (see 'hokusai-registry jobs quarantined')")
-    _echo_json(record.as_dict(include_raw=True))
-
-
-@jobs.command("remove-quarantined")
-@click.argument("quarantine_id")
-def jobs_remove_quarantined(quarantine_id: str) -> None:
-    """Discard one quarantined message for good."""
-    from hokusai_registry import quarantine
-
-    if not quarantine.store(_redis()).remove(quarantine_id):
-        raise NotFoundError(f"no quarantined message {quarantine_id!r}")
-    _note(f"removed {quarantine_id}")
+        exit_with(ExitCode.NOT_OK)
 
 
 # ------------------------------------------------------------------ maintenance
@@ -324,32 +166,32 @@ def backfill_uuids(dry_run: bool, tracking_uri: str | None) -> None:
     """
     from worker.registration.registry import HokusaiModelRegistry
 
-    registry = HokusaiModelRegistry(tracking_uri, settings=_settings())
+    registry = HokusaiModelRegistry(tracking_uri, settings=load_settings())
     total = registry.count_versions()
     with click.progressbar(length=total, label="scanning model versions", file=sys.stderr) as bar:
         report = registry.backfill_model_uuids(dry_run=dry_run, on_progress=lambda _version: bar.update(1))
-    _echo_json(report)
+    echo_json(report)
     verb = "would tag" if dry_run else "tagged"
-    _note(
+    note(
         f"{'dry run: ' if dry_run else ''}{verb} {len(report['tagged'])} of {report['scanned']} version(s); "
         f"{report['already_tagged']} already tagged, {len(report['unresolved'])} unresolved; "
         f"{len(report['completed'])} given lookup tags, {len(report['promoted'])} moved to the production alias, "
         f"{len(report['incomplete'])} incomplete"
     )
     for item in report["unresolved"]:
-        _note(f"unresolved {item['model_name']}/{item['version']}: {item['reason']}")
+        note(f"unresolved {item['model_name']}/{item['version']}: {item['reason']}")
     for item in report["incomplete"]:
-        _note(f"incomplete {item['model_name']}/{item['version']}: {'; '.join(item['reasons'])}")
+        note(f"incomplete {item['model_name']}/{item['version']}: {'; '.join(item['reasons'])}")
 
 
 # ------------------------------------------------------------------ webhooks
 def _event_store() -> Any:
     from worker.webhooks.store import EventStore
 
-    return EventStore.for_settings(_settings())
+    return EventStore.for_settings(load_settings())
 
 
-@main.group(cls=_Group)
+@main.group(cls=Group)
 def webhooks() -> None:
     """Inspect and replay webhook events that could not be delivered (dead letters)."""
 
@@ -363,12 +205,12 @@ def webhooks_new_secret() -> None:
 
 
 @webhooks.command("failed")
-@click.option("--since", callback=_parse_since, help=f"Only those dead-lettered at/after this time. {_SINCE_HELP}")
+@click.option("--since", callback=since_option, help=f"Only those dead-lettered at/after this time. {SINCE_HELP}")
 def webhooks_failed(since: datetime | None) -> None:
     """List dead-lettered webhook events, oldest first, as JSON (without bodies)."""
     records = _event_store().list_dead_letters(since)
-    _echo_json([record.as_dict() for record in records])
-    _note(f"{len(records)} undelivered webhook event(s)")
+    echo_json([record.as_dict() for record in records])
+    note(f"{len(records)} undelivered webhook event(s)")
 
 
 @webhooks.command("show")
@@ -384,9 +226,9 @@ def webhooks_show(event_id: str) -> None:
     record = _event_store().get(event_id)
     if record is None:
         raise NotFoundError(f"no stored webhook event {event_id!r} (delivered ones expire)")
-    _echo_json(record.as_dict(include_body=True, include_history=True))
+    echo_json(record.as_dict(include_body=True, include_history=True))
     if record.attempts > len(record.history):
-        _note(
+        note(
             f"{record.attempts} attempt(s); the history keeps the last {MAX_ATTEMPT_HISTORY}: "
             f"{record.attempts - len(record.history)} older one(s) not listed"
         )
@@ -395,7 +237,7 @@ def webhooks_show(event_id: str) -> None:
 @webhooks.command("replay")
 @click.argument("event_ids", nargs=-1)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter (with --since: only recent ones).")
-@click.option("--since", callback=_parse_since, help=f"With --all: only those dead-lettered at/after it. {_SINCE_HELP}")
+@click.option("--since", callback=since_option, help=f"With --all: only those dead-lettered at/after it. {SINCE_HELP}")
 def webhooks_replay(event_ids: tuple[str, ...], replay_all: bool, since: datetime | None) -> None:
     """Send dead letters again (same body, same idempotency key); delivered ones are removed.
 
@@ -411,14 +253,14 @@ def webhooks_replay(event_ids: tuple[str, ...], replay_all: bool, since: datetim
         raise click.UsageError("--since goes with --all")
     from hokusai_registry.webhook_policy import check_webhook_config
 
-    settings = _settings()
+    settings = load_settings()
     check_webhook_config(settings)  # the same rules as the worker's start-up check
     report = replay_dead_letters(_event_store(), settings=settings, event_ids=event_ids or None, since=since)
-    _echo_json({"delivered": report.delivered, "already_delivered": report.already_delivered, "failed": report.failed})
+    echo_json({"delivered": report.delivered, "already_delivered": report.already_delivered, "failed": report.failed})
     already = f", {len(report.already_delivered)} already delivered before" if report.already_delivered else ""
-    _note(f"{len(report.delivered)} delivered{already}, {len(report.failed)} still undelivered")
+    note(f"{len(report.delivered)} delivered{already}, {len(report.failed)} still undelivered")
     if report.failed:
-        _exit(ExitCode.NOT_OK)
+        exit_with(ExitCode.NOT_OK)
 
 
 # ------------------------------------------------------------------ operating
@@ -431,9 +273,9 @@ def doctor(as_json: bool) -> None:
     """
     from hokusai_app.doctor import run_checks
 
-    checks = run_checks(_settings())
+    checks = run_checks(load_settings())
     if as_json:
-        _echo_json([check.as_dict() for check in checks])
+        echo_json([check.as_dict() for check in checks])
     else:
         colours = {"ok": "green", "warn": "yellow", "fail": "red"}
         for check in checks:
@@ -442,7 +284,7 @@ def doctor(as_json: bool) -> None:
             if check.fix:
                 click.echo(f"      fix: {check.fix}")
     if any(check.status == "fail" for check in checks):
-        _exit(ExitCode.NOT_OK)
+        exit_with(ExitCode.NOT_OK)
 
 
 @main.command()
@@ -456,7 +298,7 @@ def demo() -> None:
     _use_checkout()
     from hokusai_app.demo import print_report, run_demo
 
-    print_report(run_demo(_settings()))
+    print_report(run_demo(load_settings()))
 
 
 def _use_checkout() -> None:

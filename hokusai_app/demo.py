@@ -126,7 +126,3 @@ def print_report(report: dict[str, Any]) -> None:
     for title, key in (("ModelInfo", "model_info"), ("ModelVersion", "model_version"), ("Webhook received", "webhook")):
         click.echo(click.style(f"\n{title}", bold=True))
         click.echo(json.dumps(report[key], indent=2, default=str))
-
-
-def default_home() -> Path:
-    return devstack.PROJECT_ROOT / ".hokusai"

@@ -1,16 +1,18 @@
 """Smoke run of the benchmarks with tiny sizes: the commands work and write what the README promises.
 
 Not a benchmark: the numbers are meaningless at these sizes. Runs ``bench.run`` (sqlite only,
-2 repetitions, the ~3 s old path skipped) and ``bench.load`` (5 jobs) as subprocesses; each starts
+2 repetitions, the slow old path skipped) and ``bench.load`` (5 jobs) as subprocesses; each starts
 a ``redis-server`` of its own (fails, never skips, when the binary is missing).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.slow
 def run_module(module: str, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", module, *args],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout_s,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "TZ": "Asia/Tokyo"},
     )  # fmt: skip
 
 
@@ -58,6 +60,7 @@ def test_bench_run_and_load_smoke(tmp_path: Path) -> None:
     assert abs(sqlite["ratios"]["queue_minus_bare_ms_paired"] - statistics.median(diffs)) < 0.01
     assert sqlite["targets"]["throughput_2w_over_1w"]["value"] == sqlite["ratios"]["throughput_2w_over_1w_paired"]
     assert report["machine"]["loadavg_at_start"]
+    assert datetime.fromisoformat(report["finished_utc"]).utcoffset() == timedelta(0)  # UTC, whatever the TZ
     assert "sqlite median" in bench.stdout and "3/1b <= 1.02" in bench.stdout  # the table was printed
 
     load_json = tmp_path / "load.json"

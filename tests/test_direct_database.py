@@ -26,7 +26,7 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
-from bench.common import compose_topology
+from bench.topologies import compose_topology
 from devtools import devstack
 from devtools.receiver import WebhookReceiver
 from devtools.request_counter import RequestCounter

@@ -1,0 +1,57 @@
+"""What every benchmark registers: the small model, its signature and example, its staged folder, the job.
+
+mlflow, scikit-learn and pandas are imported on call.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from devtools.builders import baseline_fields
+
+METADATA = {"dataset": "leads-2026-11", "notes": "benchmark"}
+
+
+def make_model() -> Any:
+    """The benchmark's model: a small fitted LogisticRegression on three named float columns."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(rng.random((40, 3)), columns=["f0", "f1", "f2"])
+    target = (frame["f0"] > 0.5).astype(int)
+    return LogisticRegression().fit(frame, target)
+
+
+def signature_and_example(model: Any) -> tuple[Any, Any]:
+    """The model's signature and a 3-row input example (the same frame it was fitted on)."""
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    frame = pd.DataFrame(np.random.default_rng(7).random((3, 3)), columns=["f0", "f1", "f2"])
+    return infer_signature(frame, model.predict(frame)), frame
+
+
+def explicit_requirements() -> list[str]:
+    """The explicit pip requirements every 'cheap' variant passes (computed once, outside timings)."""
+    import mlflow.sklearn
+
+    return list(mlflow.sklearn.get_default_pip_requirements())
+
+
+def stage_model(model: Any, staging: Path, requirements: list[str]) -> Path:
+    """Save ``model`` in MLflow format under ``staging`` as a pipeline would (explicit requirements)."""
+    import mlflow.sklearn
+
+    target = staging / f"model-{uuid.uuid4().hex[:8]}"
+    mlflow.sklearn.save_model(model, str(target), pip_requirements=requirements)
+    return target
+
+
+def job_fields(model_dir: Path, **overrides: Any) -> dict[str, Any]:
+    defaults = {"metadata": dict(METADATA), "token_id": "BENCH", "tags": {"user_id": "u-bench"}}
+    return baseline_fields(model_dir, **{**defaults, **overrides})
