@@ -173,7 +173,7 @@ def check_backlog(settings: Settings) -> Check:
 
     try:
         client = connect(settings.redis_url)
-        dead = len(EventStore(client).dead_letters.list())
+        dead = len(EventStore.for_settings(settings, client).dead_letters.list())
         failed = len(failed_jobs.list_failures(client))
         poisoned = len(quarantine.store(client).list())
     except Exception as exc:  # already reported by the redis check

@@ -12,11 +12,11 @@ import json
 import posixpath
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from hokusai_registry.json_values import to_json
 from hokusai_registry.settings import get_settings
@@ -99,6 +99,59 @@ def is_metric_name(name: str) -> bool:
     return bool(_METRIC_NAME_RE.fullmatch(name)) and is_plain_path(name)
 
 
+def bad_metric_names(names: Iterable[str]) -> list[str]:
+    """The names MLflow would refuse as metric keys (the delta-metrics rule), in order; [] when all pass."""
+    return [name for name in names if not is_metric_name(name)]
+
+
+def is_contributor_address(value: object) -> bool:
+    """True for a wallet address, ``0x`` + 40 hex characters in any letter case (the contributor rule)."""
+    return isinstance(value, str) and CONTRIBUTOR_RE.fullmatch(value) is not None
+
+
+CONTRIBUTOR_HINT = "must be 0x followed by 40 hex characters"
+
+#: The parts of ``ModelSignature.to_dict()``: each a JSON list of column specs (``inputs`` required).
+SIGNATURE_KEYS = ("inputs", "outputs", "params")
+
+
+def parse_signature_dict(value: object) -> dict[str, str | None] | None:
+    """A signature in its ``ModelSignature.to_dict()`` form, checked; given as that dict or as its JSON text.
+
+    ``None`` and ``""`` are no signature (None). Each part is the JSON text of a list of column specs,
+    or null; ``inputs`` is required.
+
+    Raises:
+        ValueError: not that form; the message says how (without the word "signature", for the caller to add).
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"is not JSON: {exc}") from exc
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a JSON object (ModelSignature.to_dict()), not {type(value).__name__}")
+    unknown = set(value) - set(SIGNATURE_KEYS)
+    if unknown:
+        raise ValueError(f"has unknown keys {sorted(map(str, unknown))}; expected {', '.join(SIGNATURE_KEYS)}")
+    if not value.get("inputs"):
+        raise ValueError("needs 'inputs' (the JSON string from ModelSignature.to_dict())")
+    for key, text in value.items():
+        if text is None:
+            continue
+        if not isinstance(text, str):
+            raise ValueError(f"'{key}' must be a JSON string, not {type(text).__name__}")
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"'{key}' is not valid JSON: {exc}") from exc
+        if not isinstance(parsed, list):
+            raise ValueError(f"'{key}' must be a JSON list of column specs")
+    return dict(value)
+
+
 def encoded_metadata(metadata: Mapping[str, Any], max_bytes: int) -> str:
     """``metadata`` as JSON, or ValueError when it is not JSON or larger than ``max_bytes`` (MAX_METADATA_BYTES)."""
     try:
@@ -124,6 +177,26 @@ class BaselineRef(NamedTuple):
     model_type: str | None
 
 
+#: Every registered name this product gives a model starts so: ``hokusai_<model_type>_baseline``.
+REGISTERED_NAME_PREFIX = "hokusai_"
+BASELINE_SUFFIX = "_baseline"
+IMPROVED_SUFFIX = "_improved"
+
+
+def baseline_model_name(model_type: str) -> str:
+    """The registered name of a ``model_type``'s baselines: ``hokusai_<model_type>_baseline``."""
+    return f"{REGISTERED_NAME_PREFIX}{model_type}{BASELINE_SUFFIX}"
+
+
+def model_type_of_name(name: str) -> str | None:
+    """The model type a registered name implies (``hokusai_<type>_baseline`` / ``_improved``), else None."""
+    for suffix in (BASELINE_SUFFIX, IMPROVED_SUFFIX):
+        if name.startswith(REGISTERED_NAME_PREFIX) and name.endswith(suffix):
+            candidate = name.removeprefix(REGISTERED_NAME_PREFIX).removesuffix(suffix)
+            return candidate if candidate in MODEL_TYPES else None
+    return None
+
+
 def parse_baseline_id(baseline_id: object) -> BaselineRef:
     """Split a baseline id ``<name>_baseline/<version>``.
 
@@ -133,13 +206,12 @@ def parse_baseline_id(baseline_id: object) -> BaselineRef:
     match = BASELINE_ID_RE.fullmatch(baseline_id) if isinstance(baseline_id, str) else None
     if match is None:
         raise ValueError(f"baseline_id {BASELINE_ID_HINT}; got {baseline_id!r}")
-    stem = match["stem"]
-    implied = stem.removeprefix("hokusai_") if stem.startswith("hokusai_") else None
+    name = f"{match['stem']}{BASELINE_SUFFIX}"
     return BaselineRef(
-        name=f"{stem}_baseline",
+        name=name,
         version=match["version"],
-        improved_name=f"{stem}_improved",
-        model_type=implied if implied in MODEL_TYPES else None,
+        improved_name=f"{match['stem']}{IMPROVED_SUFFIX}",
+        model_type=model_type_of_name(name),
     )
 
 
@@ -214,6 +286,16 @@ class RegistrationJob(BaseModel):
     benchmark_spec_id: str | None = None
     benchmark: BenchmarkGate | None = None
 
+    #: ``baseline_id``, parsed once by the validator (None for a baseline job).
+    _baseline: BaselineRef | None = PrivateAttr(default=None)
+
+    @property
+    def baseline(self) -> BaselineRef | None:
+        """What ``baseline_id`` says (registered name, version, improved name, implied type); None without one."""
+        if self._baseline is None and self.baseline_id is not None:  # built without validation (model_construct)
+            self._baseline = parse_baseline_id(self.baseline_id)
+        return self._baseline
+
     @field_validator("metadata", mode="before")
     @classmethod
     def _convert_metadata(cls, value: Any) -> Any:
@@ -231,7 +313,7 @@ class RegistrationJob(BaseModel):
     @field_validator("delta_metrics")
     @classmethod
     def _check_delta_metrics(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        bad = [name for name in value or {} if not is_metric_name(name)]
+        bad = bad_metric_names(value or {})
         if bad:
             raise ValueError(f"{METRIC_NAME_HINT}: {bad}")
         return value
@@ -239,23 +321,7 @@ class RegistrationJob(BaseModel):
     @field_validator("signature")
     @classmethod
     def _check_signature(cls, value: dict[str, str | None] | None) -> dict[str, str | None] | None:
-        if value is None:
-            return None
-        unknown = set(value) - {"inputs", "outputs", "params"}
-        if unknown:
-            raise ValueError(f"has unknown keys {sorted(unknown)}; expected inputs, outputs, params")
-        if not value.get("inputs"):
-            raise ValueError("needs 'inputs' (the JSON string from ModelSignature.to_dict())")
-        for key, text in value.items():
-            if text is None:
-                continue
-            try:
-                parsed = json.loads(text)
-            except ValueError as exc:
-                raise ValueError(f"'{key}' is not valid JSON: {exc}") from exc
-            if not isinstance(parsed, list):
-                raise ValueError(f"'{key}' must be a JSON list of column specs")
-        return value
+        return parse_signature_dict(value)
 
     @field_validator("pip_requirements")
     @classmethod
@@ -274,8 +340,8 @@ class RegistrationJob(BaseModel):
     @field_validator("contributor")
     @classmethod
     def _check_contributor(cls, value: str | None) -> str | None:
-        if value is not None and not CONTRIBUTOR_RE.fullmatch(value):
-            raise ValueError("must be 0x followed by 40 hex characters")
+        if value is not None and not is_contributor_address(value):
+            raise ValueError(CONTRIBUTOR_HINT)
         return value
 
     @field_validator("token_id")
@@ -299,7 +365,8 @@ class RegistrationJob(BaseModel):
             missing = [name for name, val in improved_fields.items() if val is None]
             if missing:
                 raise ValueError(f"an improved job needs {', '.join(missing)}")
-            implied = parse_baseline_id(self.baseline_id).model_type
+            self._baseline = parse_baseline_id(self.baseline_id)
+            implied = self._baseline.model_type
             if implied is not None and implied != self.model_type:
                 raise ValueError(
                     f"model_type: {self.model_type!r} does not match baseline_id {self.baseline_id!r}, "

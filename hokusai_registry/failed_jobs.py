@@ -4,7 +4,7 @@ Redis has no dead-letter queue, so the worker writes a record here when a job fa
 (one path: ``worker.tasks.HokusaiTask.on_failure``), and the CLI lists
 (``hokusai-registry jobs failed``), shows (``jobs show-failed``), replays (``jobs retry``) and
 removes them. It is a :class:`~hokusai_registry.records.RecordStore` (the layout shared with
-dead letters and quarantined messages)::
+dead letters and quarantined messages), under ``keys.FAILED_JOBS_KEY``::
 
     hokusai:failed_jobs          hash  job_id -> FailureRecord as JSON
     hokusai:failed_jobs:by_time  zset  job_id -> failed_at (epoch seconds), for listing in order
@@ -20,10 +20,20 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hokusai_registry.keys import FAILED_JOBS_INDEX_KEY, FAILED_JOBS_KEY
 from hokusai_registry.records import RecordStore, utc
 
-FAILED_JOBS_KEY = "hokusai:failed_jobs"
-FAILED_JOBS_INDEX_KEY = f"{FAILED_JOBS_KEY}:by_time"
+__all__ = [
+    "FAILED_JOBS_INDEX_KEY",
+    "FAILED_JOBS_KEY",
+    "FailureRecord",
+    "error_type_of",
+    "get_failure",
+    "list_failures",
+    "record_failure",
+    "remove_failure",
+    "store",
+]
 
 
 class FailureRecord(BaseModel):

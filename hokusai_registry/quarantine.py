@@ -5,7 +5,7 @@ content type (pickle), an unknown task name, wrong arguments: the worker keeps e
 here instead of exiting or dropping it (``worker.poison`` captures it) and goes on consuming.
 Nothing is retried. ``hokusai-registry jobs quarantined`` lists them and
 ``jobs show-quarantined ID`` shows one with its raw bytes. A
-:class:`~hokusai_registry.records.RecordStore`::
+:class:`~hokusai_registry.records.RecordStore` under ``keys.QUARANTINE_KEY``::
 
     hokusai:quarantine          hash  quarantine id -> QuarantineRecord as JSON
     hokusai:quarantine:by_time  zset  quarantine id -> received_at (epoch seconds)
@@ -23,9 +23,11 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hokusai_registry.keys import QUARANTINE_KEY
 from hokusai_registry.records import RecordStore, utc
 
-QUARANTINE_KEY = "hokusai:quarantine"
+__all__ = ["MAX_RAW_BYTES", "QUARANTINE_KEY", "QuarantineRecord", "quarantine", "store"]
+
 #: At most this many bytes of a message are kept.
 MAX_RAW_BYTES = 64 * 1024
 

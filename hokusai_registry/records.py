@@ -1,6 +1,7 @@
 """One store design for everything kept for an operator: failed jobs, dead letters, quarantine.
 
-Each store is a pydantic model kept in Redis under one name ``<n>``::
+Each store is a pydantic model kept in Redis under one name ``<n>`` (the names are in
+``hokusai_registry.keys``)::
 
     <n>            hash  record id -> the record as JSON
     <n>:by_time    zset  record id -> its time (Unix seconds, UTC), for listing in order
@@ -21,6 +22,7 @@ import redis
 from pydantic import BaseModel, ValidationError
 
 from hokusai_registry.errors import InvalidInputError
+from hokusai_registry.keys import index_key
 from hokusai_registry.redis_client import describe, redis_boundary
 
 logger = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ class RecordStore(Generic[M]):
         self.client = client
         self.label = label or name
         self.key = name
-        self.index_key = f"{name}:by_time"
+        self.index_key = index_key(name)
         self.model = model
         self.id_field = id_field
         self.time_field = time_field

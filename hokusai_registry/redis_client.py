@@ -3,13 +3,17 @@
 Producers, workers and the CLI all connect through :func:`connect`; every failure to reach
 Redis becomes :class:`~hokusai_registry.errors.BrokerUnavailableError` (retryable) and a
 refused password :class:`~hokusai_registry.errors.ConfigurationError`, naming the server
-without its credentials. Imports only redis and the standard library.
+without its credentials. :func:`redis_boundary` is the one translation: every store uses it,
+as a ``with`` block or, around the methods of an object that keeps its client in ``self.client``,
+as :func:`redis_method`. Imports only redis, the standard library and the error tree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 import redis
 
@@ -20,6 +24,18 @@ from hokusai_registry.redaction import redact_url, scrub
 CONNECT_TIMEOUT_S = 3.0
 #: Seconds to wait for one reply (blocking commands are not used on these clients).
 SOCKET_TIMEOUT_S = 6.0
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class UsesRedis(Protocol):
+    """An object that keeps its Redis client in ``client`` (a store)."""
+
+    client: redis.Redis
+
+
+S = TypeVar("S", bound=UsesRedis)
 
 
 def connect(redis_url: str) -> redis.Redis:
@@ -57,4 +73,26 @@ def redis_boundary(where: str, action: str, *, redis_url: str | None = None) -> 
         raise BrokerUnavailableError(f"Redis at {where} is unreachable while {action}: {message}") from exc
 
 
-__all__ = ["CONNECT_TIMEOUT_S", "SOCKET_TIMEOUT_S", "connect", "describe", "redact_url", "redis_boundary"]
+def redis_method(action: str) -> Callable[[Callable[Concatenate[S, P], R]], Callable[Concatenate[S, P], R]]:
+    """Run a method inside :func:`redis_boundary`, naming the server of ``self.client`` and ``action``."""
+
+    def decorate(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
+        @functools.wraps(method)
+        def wrapper(self: S, *args: P.args, **kwargs: P.kwargs) -> R:
+            with redis_boundary(describe(self.client), action):
+                return method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "SOCKET_TIMEOUT_S",
+    "connect",
+    "describe",
+    "redact_url",
+    "redis_boundary",
+    "redis_method",
+]

@@ -52,6 +52,14 @@ def database_dialect(uri: str) -> str:
     return urlsplit(uri).scheme.split("+", 1)[0].lower()
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """``sqlite:///path`` → its file; None for other URIs and in-memory databases."""
+    if database_dialect(uri) != "sqlite":
+        return None
+    path = uri.split("://", 1)[1].removeprefix("/").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def with_password(url: str, password: str) -> str:
     """``url`` with ``password`` in its user-info, unless it has one already (or ``password`` is empty).
 
@@ -132,6 +140,11 @@ class Settings(BaseSettings):
         "MLFLOW_TRACKING_URI is unset.",
     )
     mlflow_experiment_name: str = Field(default="hokusai-registry", description="Experiment that holds the runs.")
+    mlflow_experiment_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,32}$",
+        description="An existing experiment to hold the runs instead (0: MLflow's Default, searched by default).",
+    )
     mlflow_artifact_location: str | None = Field(
         default=None,
         description="Artifact location for a newly created experiment. Default: $HOKUSAI_HOME/artifacts "
@@ -376,12 +389,19 @@ class Settings(BaseSettings):
         password = self.tracking_database_password.get_secret_value() if self.tracking_database_password else ""
         return with_password(self.tracking_database_uri, password)
 
-    @property
-    def artifact_location(self) -> str | None:
-        """Artifact location for new experiments, or None to let a tracking server choose."""
+    def artifact_location_for(self, tracking_uri: str | None = None) -> str | None:
+        """The one rule for a new experiment's artifacts on ``tracking_uri`` (default :attr:`tracking_uri`).
+
+        MLFLOW_ARTIFACT_LOCATION, else beside a sqlite file, else None for a tracking server (it chooses: a
+        local folder would strand artifacts on this host), else ``$HOKUSAI_HOME/artifacts``.
+        """
+        uri = self.tracking_uri if tracking_uri is None else tracking_uri
         if self.mlflow_artifact_location:
             return self.mlflow_artifact_location
-        if is_tracking_server(self.tracking_uri):
+        path = sqlite_file(uri)
+        if path is not None:
+            return (path.resolve().parent / "artifacts").as_uri()
+        if is_tracking_server(uri):
             return None
         return (self.hokusai_home / "artifacts").resolve().as_uri()
 

@@ -6,7 +6,10 @@
   key); plain text only with ``WEBHOOK_ALLOW_PLAINTEXT_SECRET`` (then its UTF-8 bytes); none
   only with ``WEBHOOK_ALLOW_UNSIGNED``.
 
-Imports only the standard library and the error tree.
+The rules read the five ``WEBHOOK_*`` values they judge through :class:`WebhookConfig`, which
+``hokusai_registry.settings.Settings`` satisfies; settings import this module (to check the URL's
+shape), never the other way round. Imports only the standard library, pydantic's ``SecretStr`` and
+the error tree.
 """
 
 from __future__ import annotations
@@ -15,17 +18,31 @@ import base64
 import binascii
 import logging
 import secrets
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import urlsplit
 
-from hokusai_registry.errors import ConfigurationError
+from pydantic import SecretStr
 
-if TYPE_CHECKING:
-    from hokusai_registry.settings import Settings
+from hokusai_registry.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
 STANDARD_SECRET_PREFIX = "whsec_"
+
+
+class WebhookConfig(Protocol):
+    """The settings these rules judge (``Settings`` has them, named after their variables)."""
+
+    @property
+    def webhook_url(self) -> str | None: ...
+    @property
+    def webhook_secret(self) -> SecretStr | None: ...
+    @property
+    def webhook_allow_http(self) -> bool: ...
+    @property
+    def webhook_allow_unsigned(self) -> bool: ...
+    @property
+    def webhook_allow_plaintext_secret(self) -> bool: ...
 
 
 def url_shape_problem(url: str) -> str | None:
@@ -36,7 +53,7 @@ def url_shape_problem(url: str) -> str | None:
     return None
 
 
-def check_webhook_url(url: str, settings: Settings) -> None:
+def check_webhook_url(url: str, settings: WebhookConfig) -> None:
     """Refuse anything but an absolute https URL (http only with ``WEBHOOK_ALLOW_HTTP``).
 
     Raises:
@@ -51,7 +68,7 @@ def check_webhook_url(url: str, settings: Settings) -> None:
         )
 
 
-def webhook_secret(settings: Settings) -> str | None:
+def webhook_secret(settings: WebhookConfig) -> str | None:
     """The configured secret's text, or None when unset or empty."""
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
     return secret or None
@@ -81,7 +98,7 @@ def new_secret(n_bytes: int = 32) -> str:
     return STANDARD_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(n_bytes)).decode("ascii")
 
 
-def check_webhook_config(settings: Settings) -> None:
+def check_webhook_config(settings: WebhookConfig) -> None:
     """Start-up check: with ``WEBHOOK_URL`` set, the URL and the secret policy must hold.
 
     No ``WEBHOOK_URL`` means webhooks are off, and nothing else is checked.

@@ -21,6 +21,7 @@ import redis.exceptions
 from celery import Celery, signals
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_exponential_jitter
 
+from hokusai_registry.causes import any_cause
 from hokusai_registry.contract import CELERY_WIRE_SETTINGS, stamp_enqueued_at
 from hokusai_registry.errors import BrokerUnavailableError, ConfigurationError
 from hokusai_registry.redaction import redact_url, scrub
@@ -77,29 +78,22 @@ def results_app(redis_url: str) -> Celery:
     return app
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
+#: Connection-level failures worth retrying, anywhere in the cause chain (kombu wraps redis-py's).
+_TRANSIENT = (
+    kombu.exceptions.OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+)
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for connection-level failures worth retrying (not for a wrong password)."""
-    causes = _chain(exc)
-    if any(isinstance(c, redis.exceptions.AuthenticationError) for c in causes):
+    """True for connection-level failures worth retrying (not for a wrong password), by the cause chain."""
+    if any_cause(exc, redis.exceptions.AuthenticationError):
         return False
-    transient = (
-        kombu.exceptions.OperationalError,
-        redis.exceptions.ConnectionError,
-        redis.exceptions.TimeoutError,
-        ConnectionError,
-        TimeoutError,
-        socket.gaierror,
-    )
-    return any(isinstance(c, transient) for c in causes)
+    return any_cause(exc, _TRANSIENT)
 
 
 def _log_retry(state: RetryCallState, redis_url: str, action: str) -> None:
@@ -132,7 +126,7 @@ def call_with_retry(fn: Callable[[], T], *, redis_url: str, retry_s: float, acti
     try:
         return retrying(fn)
     except Exception as exc:
-        if any(isinstance(c, redis.exceptions.AuthenticationError) for c in _chain(exc)):
+        if any_cause(exc, redis.exceptions.AuthenticationError):
             raise ConfigurationError(f"Redis at {redact_url(redis_url)} refused the credentials in REDIS_URL") from exc
         if is_transient(exc):
             raise BrokerUnavailableError(

@@ -31,13 +31,22 @@ from hokusai_registry.contract import (
     webhook_task_id,
 )
 from hokusai_registry.errors import InvalidInputError, RetryableError
+from hokusai_registry.keys import ENQUEUED_KEY_PREFIX, enqueued_key
 from hokusai_registry.settings import Settings, get_settings
 from hokusai_registry.validation import validate_job
 from producers.broker import call_with_retry, producer_redis, publisher_app, results_app
 
-#: ``<prefix><job_id>``: what the producer enqueued (kept as long as results), so an id that was
-#: never enqueued reads ``UNKNOWN`` rather than Celery's ``PENDING``.
-ENQUEUED_KEY_PREFIX = "hokusai:enqueued:"
+# ENQUEUED_KEY_PREFIX is re-exported for producers.staging: ``keys.enqueued_key(job_id)`` is what
+# the producer enqueued (kept as long as results), so an id never enqueued reads ``UNKNOWN``.
+__all__ = [
+    "ENQUEUED_KEY_PREFIX",
+    "UNKNOWN",
+    "JobTimeoutError",
+    "enqueue_registration",
+    "job_status",
+    "wait_for_job",
+    "webhook_task_id",
+]
 
 #: Seconds between two polls of the result backend in :func:`wait_for_job` (grows to the max).
 POLL_INTERVAL_S = 0.1
@@ -80,7 +89,7 @@ def enqueue_registration(
         # Recorded first: a job that is published is always known (a record without a message
         # only happens when publishing failed, and then the caller gets the error).
         enqueued = {"job_id": job_id, "enqueued_at": datetime.now(UTC).isoformat()}
-        client.set(ENQUEUED_KEY_PREFIX + job_id, json.dumps(enqueued), ex=settings.result_expires_s)
+        client.set(enqueued_key(job_id), json.dumps(enqueued), ex=settings.result_expires_s)
         register = app.signature(REGISTER_TASK, args=[payload], task_id=job_id, queue=REGISTRATION_QUEUE)
         webhook = app.signature(WEBHOOK_TASK, task_id=webhook_task_id(job_id), queue=WEBHOOK_QUEUE)
         chain(register, webhook, app=app).apply_async()
@@ -112,7 +121,7 @@ def job_status(job_id: str | UUID, settings: Settings | None = None) -> dict[str
     def read() -> dict[str, Any]:
         # cache=False: a finished result is cached per process, and `jobs retry` runs the job again
         status = {"job_id": task_id, **_describe(app.backend.get_task_meta(task_id, cache=False))}
-        if status["state"] == "PENDING" and not app.backend.client.exists(ENQUEUED_KEY_PREFIX + task_id):
+        if status["state"] == "PENDING" and not app.backend.client.exists(enqueued_key(task_id)):
             status["state"] = UNKNOWN
         webhook_id = webhook_task_id(task_id)
         webhook_meta = app.backend.get_task_meta(webhook_id, cache=False)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run the whole test suite on a fresh machine: installs what it needs, starts what is down.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k registry -x).
-# The whole suite (no arguments) also runs the registry and queue tests, beside it, on the oldest
-# supported MLflow (the newest 3.4.x), in a second virtualenv this script installs and keeps
-# (.venv-mlflow-oldest; HOKUSAI_SKIP_OLDEST_MLFLOW=1 skips that pass), and the Docker stack test
+# The whole suite (no arguments) runs on the MLflow the lock pins (image-requirements.lock). Beside
+# it run the registry and queue tests on the oldest supported MLflow (the newest 3.4.x) and then on
+# the newest release (scripts/mlflow-newest.sh), each in a virtualenv this script installs and keeps
+# (.venv-mlflow-oldest, .venv-mlflow-newest; HOKUSAI_SKIP_MLFLOW_VERSIONS=1 skips both), and the Docker stack test
 # (scripts/stack-test.sh: it needs root; HOKUSAI_SKIP_STACK_TEST=1 skips it, and so does a non-root
 # run outside CI, saying so; with CI=true a non-root run fails instead).
 set -euo pipefail
@@ -20,22 +21,30 @@ fi
 if [ "$#" -ne 0 ]; then
   exec python -m pytest "$@"
 fi
-# The oldest-MLflow pass runs beside the main suite (its own virtualenv, Redis database 14 and
-# PostgreSQL databases): most of both is waiting on servers and workers, and in sequence the two
-# took ~16 minutes on 2 cores. Its output is printed after the main suite's.
-oldest_pid=""
-if [ -z "${HOKUSAI_SKIP_OLDEST_MLFLOW:-}" ]; then
-  oldest_log="$(mktemp -t hokusai-oldest-mlflow.XXXXXX)"
+# The MLflow version passes run beside the main suite (their own virtualenvs, Redis databases 14 and
+# 13, and PostgreSQL databases): most of all of it is waiting on servers and workers, and in sequence
+# the main suite and one pass took ~16 minutes on 2 cores. Their output is printed after the main suite's.
+VERSION_TESTS=(
+  tests/test_registry.py tests/test_registry_server.py tests/test_registry_compat.py tests/test_backfill.py
+  tests/test_queue.py tests/test_served_artifacts.py tests/test_direct_database.py
+  tests/test_store_setup.py tests/test_doctor.py
+)
+versions_pid=""
+if [ -z "${HOKUSAI_SKIP_MLFLOW_VERSIONS:-}" ]; then
+  versions_log="$(mktemp -t hokusai-mlflow-versions.XXXXXX)"
   (
-    set -e
-    HOKUSAI_VENV="$ROOT/.venv-mlflow-oldest" HOKUSAI_PIN="${OLDEST_MLFLOW:=mlflow==3.4.*}" bash scripts/bootstrap.sh
-    HOKUSAI_TEST_REDIS_DB=14 "$ROOT/.venv-mlflow-oldest/bin/python" -m pytest -p no:cacheprovider \
-      -k "not test_200_jobs" \
-      tests/test_registry.py tests/test_registry_server.py tests/test_registry_compat.py tests/test_backfill.py \
-      tests/test_queue.py tests/test_served_artifacts.py tests/test_direct_database.py \
-      tests/test_store_setup.py tests/test_doctor.py
-  ) > "$oldest_log" 2>&1 &
-  oldest_pid=$!
+    rc=0
+    echo "==> the registry and queue tests on the oldest supported MLflow (${OLDEST_MLFLOW:=mlflow==3.4.*})"
+    { HOKUSAI_VENV="$ROOT/.venv-mlflow-oldest" HOKUSAI_PIN="$OLDEST_MLFLOW" bash scripts/bootstrap.sh &&
+      HOKUSAI_TEST_REDIS_DB=14 "$ROOT/.venv-mlflow-oldest/bin/python" -m pytest -p no:cacheprovider \
+        -k "not test_200_jobs" "${VERSION_TESTS[@]}"; } || rc=1
+    echo "==> the registry and queue tests on the newest MLflow release"
+    { bash scripts/mlflow-newest.sh "$ROOT/.venv-mlflow-newest" &&
+      HOKUSAI_TEST_REDIS_DB=13 "$ROOT/.venv-mlflow-newest/bin/python" -m pytest -p no:cacheprovider \
+        -k "not test_200_jobs" "${VERSION_TESTS[@]}"; } || rc=1
+    exit "$rc"
+  ) > "$versions_log" 2>&1 &
+  versions_pid=$!
 fi
 # The Docker stack test runs beside them too: most of it is image builds and waiting on containers.
 stack_pid=""
@@ -54,12 +63,12 @@ if [ -z "${HOKUSAI_SKIP_STACK_TEST:-}" ]; then
 fi
 main_rc=0
 python -m pytest || main_rc=$?
-oldest_rc=0
-if [ -n "$oldest_pid" ]; then
-  wait "$oldest_pid" || oldest_rc=$?
-  echo "==> registry and queue tests on the oldest supported MLflow (${OLDEST_MLFLOW:-mlflow==3.4.*}), run beside the suite"
-  cat "$oldest_log"
-  rm -f "$oldest_log"
+versions_rc=0
+if [ -n "$versions_pid" ]; then
+  wait "$versions_pid" || versions_rc=$?
+  echo "==> the MLflow version passes, run beside the suite"
+  cat "$versions_log"
+  rm -f "$versions_log"
 fi
 if [ -n "$stack_pid" ]; then
   wait "$stack_pid" || stack_rc=$?
@@ -67,7 +76,7 @@ if [ -n "$stack_pid" ]; then
   cat "$stack_log"
   rm -f "$stack_log"
 fi
-if [ "$main_rc" -ne 0 ] || [ "$oldest_rc" -ne 0 ] || [ "$stack_rc" -ne 0 ]; then
-  echo "==> FAILED: main suite exit $main_rc, oldest-MLflow pass exit $oldest_rc, stack test exit $stack_rc" >&2
+if [ "$main_rc" -ne 0 ] || [ "$versions_rc" -ne 0 ] || [ "$stack_rc" -ne 0 ]; then
+  echo "==> FAILED: main suite exit $main_rc, MLflow version passes exit $versions_rc, stack test exit $stack_rc" >&2
   exit 1
 fi

@@ -1,4 +1,4 @@
-"""worker.webhooks.backoff: exponential backoff with jitter and a cap, Retry-After parsing. No sleeping."""
+"""worker.retry_policy: exponential backoff with jitter and a cap, Retry-After parsing. No sleeping."""
 
 from __future__ import annotations
 
@@ -7,8 +7,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hokusai_registry.errors import InvalidInputError
-from worker.webhooks.backoff import backoff_delay, parse_retry_after, retry_delay
+from hokusai_registry.errors import InvalidInputError, InvalidJobError, RegistryUnavailableError, WebhookDeliveryError
+from hokusai_registry.settings import Settings
+from worker.retry_policy import (
+    WebhookRetry,
+    backoff_delay,
+    parse_retry_after,
+    retry_delay,
+    task_retry_delay,
+    webhook_retry,
+)
 
 NOW = datetime(2026, 11, 26, 23, 31, 48, tzinfo=UTC)
 
@@ -115,3 +123,41 @@ def test_parse_retry_after_defaults_now_to_the_clock() -> None:
 @pytest.mark.parametrize("header", [None, "", "  ", "soon", "-5", "1.5", "Thu, 99 Foo 2026 xx:yy GMT"])
 def test_parse_retry_after_ignores_absent_or_invalid_values(header: str | None) -> None:
     assert parse_retry_after(header, now=NOW) is None
+
+
+# ---------------------------------------------------------------------- the decisions built on them
+def test_a_task_retries_a_retryable_error_within_the_cap_until_its_retries_run_out() -> None:
+    transient = RegistryUnavailableError("MLflow down")
+    delay = task_retry_delay(transient, retries=2, max_retries=5, base_s=1.0, max_s=60.0)
+    assert delay is not None and 2.0 <= delay <= 4.0  # attempt 3, equal jitter
+    assert task_retry_delay(transient, retries=5, max_retries=5, base_s=1.0, max_s=60.0) is None
+    unbounded = task_retry_delay(transient, retries=50, max_retries=None, base_s=1.0, max_s=60.0)
+    assert unbounded is not None and 30.0 <= unbounded <= 60.0
+    assert task_retry_delay(InvalidJobError("bad"), retries=0, max_retries=5, base_s=1.0, max_s=60.0) is None
+
+
+def test_a_tasks_countdown_never_exceeds_the_cap_even_when_a_server_asks_for_more() -> None:
+    asked = WebhookDeliveryError("503", status_code=503, retry_after_s=7200.0)
+    assert task_retry_delay(asked, retries=0, max_retries=5, base_s=1.0, max_s=30.0) == 30.0
+
+
+def webhook_settings(**overrides: float) -> Settings:
+    fields = {"webhook_max_attempts": 4, "webhook_backoff_base_s": 2.0, "webhook_backoff_max_s": 60.0}
+    return Settings(**{**fields, **overrides})
+
+
+def test_a_webhook_counts_down_then_gives_up_at_its_last_attempt() -> None:
+    settings = webhook_settings()
+    decision = webhook_retry(1, retry_after_s=None, settings=settings, rng=FixedDraw(1.0))
+    assert decision == WebhookRetry("countdown", 2.0)
+    assert webhook_retry(3, retry_after_s=None, settings=settings, rng=FixedDraw(0.0)) == WebhookRetry("countdown", 4.0)
+    assert webhook_retry(4, retry_after_s=None, settings=settings).action == "give_up"
+
+
+def test_a_webhook_waits_a_long_retry_after_in_the_durable_schedule_up_to_its_cap() -> None:
+    settings = webhook_settings(webhook_retry_after_max_s=3600.0)
+    assert webhook_retry(1, retry_after_s=90.0, settings=settings) == WebhookRetry("defer", 90.0)  # over 60 s
+    assert webhook_retry(1, retry_after_s=50.0, settings=settings, rng=FixedDraw(0.0)) == WebhookRetry(
+        "countdown", 50.0
+    )
+    assert webhook_retry(1, retry_after_s=7200.0, settings=settings) == WebhookRetry("defer", 3600.0)

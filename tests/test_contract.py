@@ -17,8 +17,15 @@ from hokusai_registry.contract import (
     SCHEMA_VERSION,
     WEBHOOK_QUEUE,
     WEBHOOK_TASK,
+    BaselineRef,
     RegistrationJob,
+    bad_metric_names,
+    baseline_model_name,
+    is_contributor_address,
     job_json_schema,
+    model_type_of_name,
+    parse_baseline_id,
+    parse_signature_dict,
 )
 from hokusai_registry.errors import InvalidJobError
 from hokusai_registry.settings import Settings
@@ -243,3 +250,61 @@ def test_invalid_job_error_for_a_whole_job_rule() -> None:
 def test_invalid_job_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         validate_job(["not", "a", "mapping"])  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ one predicate per rule, shared with the worker
+def test_a_job_parses_its_baseline_id_once_and_carries_the_parts() -> None:
+    job = RegistrationJob.model_validate(
+        improved_fields(model_type="lead_scoring", baseline_id="hokusai_lead_scoring_baseline/3")
+    )
+    assert job.baseline == BaselineRef(
+        name="hokusai_lead_scoring_baseline",
+        version="3",
+        improved_name="hokusai_lead_scoring_improved",
+        model_type="lead_scoring",
+    )
+    assert job.baseline is job.baseline
+    assert RegistrationJob.model_validate(baseline_fields()).baseline is None
+    unvalidated = RegistrationJob.model_construct(**improved_fields(baseline_id="custom_baseline/2"))
+    assert unvalidated.baseline == parse_baseline_id("custom_baseline/2")
+    assert RegistrationJob.model_validate_json(job.model_dump_json()).baseline == job.baseline
+
+
+def test_the_baseline_name_rule_and_its_inverse() -> None:
+    assert baseline_model_name("ranking") == "hokusai_ranking_baseline"
+    assert model_type_of_name("hokusai_ranking_baseline") == "ranking"
+    assert model_type_of_name("hokusai_ranking_improved") == "ranking"
+    assert model_type_of_name("hokusai_fraud_baseline") is None
+    assert model_type_of_name("custom_baseline") is None
+
+
+def test_the_contributor_and_metric_predicates_are_what_the_worker_applies() -> None:
+    from worker.registration import model_inputs
+
+    for good in (WALLET, WALLET.upper().replace("0X", "0x"), "0x" + "aB" * 20):
+        assert is_contributor_address(good)
+        model_inputs.check_contributor(good)
+    for bad in ("0x123", "", None, 42, "0x" + "g" * 40):
+        assert not is_contributor_address(bad)
+        with pytest.raises(ValueError, match="contributor must be 0x followed by 40 hex characters"):
+            model_inputs.check_contributor(bad)
+    assert bad_metric_names(["auc", "/a", "a//b", "ok:1"]) == ["/a", "a//b"]
+    with pytest.raises(ValueError, match=r"\['/a'\]"):
+        model_inputs.check_delta_metrics({"auc": 1, "/a": 2})
+
+
+def test_the_signature_form_is_parsed_by_one_function_from_a_dict_or_its_json() -> None:
+    inputs = json.dumps([{"name": "x", "type": "double"}])
+    given = {"inputs": inputs, "outputs": None}
+    assert parse_signature_dict(given) == given
+    assert parse_signature_dict(json.dumps(given)) == given
+    assert parse_signature_dict(None) is None and parse_signature_dict("") is None
+    for bad, message in (
+        ("{not json", "is not JSON"),
+        ("[]", "must be a JSON object"),
+        ({"outputs": inputs}, "needs 'inputs'"),
+        ({"inputs": inputs, "extra": None}, "unknown keys"),
+        ({"inputs": "{}"}, "'inputs' must be a JSON list"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_signature_dict(bad)

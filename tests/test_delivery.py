@@ -364,6 +364,24 @@ def test_every_attempt_of_the_delivery_path_is_in_the_history(store: EventStore,
     assert times[1] <= received[0] and times[2] <= received[1]  # an attempt's time is when it started
 
 
+def test_on_attempt_hears_every_http_attempt_and_only_those(store: EventStore, receiver: WebhookReceiver) -> None:
+    """How the task layer counts its metrics: no answer (None), 503, 200; nothing for an event not sent."""
+    heard: list[int | None] = []
+    event = store.save_if_absent(make_event())
+    refused = make_settings(f"http://127.0.0.1:{free_port()}/hook")
+    assert send_stored_event(store, event.event_id, settings=refused, on_attempt=heard.append).status == "retry"
+    receiver.script(503, 200)
+    for expected in ("retry", "delivered", "already_delivered"):
+        outcome = send_stored_event(
+            store, event.event_id, settings=make_settings(receiver.url), on_attempt=heard.append
+        )
+        assert outcome.status == expected
+    unsendable = store.save_if_absent(make_event("4"))
+    blocked = make_settings("http://127.0.0.1:9/hook", webhook_allow_http=False)
+    assert send_stored_event(store, unsendable.event_id, settings=blocked, on_attempt=heard.append).attempt == 0
+    assert heard == [None, 503, 200]
+
+
 def test_unknown_stored_event_is_reported_missing(store: EventStore, receiver: WebhookReceiver) -> None:
     outcome = send_stored_event(store, "no-such-event", settings=make_settings(receiver.url))
     assert outcome.status == "missing"

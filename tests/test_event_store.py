@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -13,17 +14,20 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery
 from pydantic import SecretStr
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from devtools import builders
 from devtools.receiver import WebhookReceiver
+from hokusai_registry.contract import CELERY_WIRE_SETTINGS, DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE, webhook_task_id
 from hokusai_registry.errors import BrokerUnavailableError, InvalidInputError
 from hokusai_registry.settings import Settings
 from tests.support import free_port
 from worker.webhooks.delivery import send_stored_event
 from worker.webhooks.event import WebhookEvent
+from worker.webhooks.pump import pump_deferred_webhooks
 from worker.webhooks.replay import replay_dead_letters
 from worker.webhooks.store import MAX_ATTEMPT_HISTORY, EventStore
 
@@ -320,6 +324,31 @@ def test_claim_due_exactly_once_with_racing_claimers(redis_url: str) -> None:
     assert sorted(claimed["a"] + claimed["b"]) == sorted(ids)  # each id exactly once, none lost
     assert claimed["a"] and claimed["b"]  # both really competed
     setup.client.close()
+
+
+def test_the_pump_hands_due_events_to_deliver_webhook_under_the_jobs_webhook_task_id(
+    store: EventStore, redis_url: str
+) -> None:
+    """What the worker's DeferredWebhookPump bootstep runs each tick, publishing into a real Redis."""
+    app = Celery("pump-test", broker=redis_url, set_as_current=False)
+    app.conf.update({**CELERY_WIRE_SETTINGS, "task_routes": {DELIVER_WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE}}})
+
+    @app.task(name=DELIVER_WEBHOOK_TASK, shared=False)
+    def deliver_webhook(event_id: str) -> None:  # the worker's task stands here; only its name matters
+        raise AssertionError("never run here")
+
+    due, later = store.save_if_absent(make_event("1")), store.save_if_absent(make_event("2"))
+    store.defer(due.event_id, datetime.now(UTC) - timedelta(seconds=1))
+    store.defer(later.event_id, datetime.now(UTC) + timedelta(hours=1))
+    assert pump_deferred_webhooks(store, app, lease_s=300) == 1
+    assert pump_deferred_webhooks(store, app, lease_s=300) == 0  # leased, not handed over twice
+    reader = redis.Redis.from_url(redis_url)
+    (message,) = [json.loads(raw) for raw in reader.lrange(WEBHOOK_QUEUE, 0, -1)]
+    assert message["headers"]["task"] == DELIVER_WEBHOOK_TASK
+    assert due.job_id is not None and message["headers"]["id"] == webhook_task_id(due.job_id)
+    assert json.loads(base64.b64decode(message["body"]))[0] == [due.event_id]
+    reader.close()
+    app.close()
 
 
 def test_unreachable_redis_is_broker_unavailable() -> None:

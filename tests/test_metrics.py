@@ -24,13 +24,14 @@ from devtools.devstack import free_port
 from devtools.receiver import WebhookReceiver
 from hokusai_registry import failed_jobs
 from hokusai_registry.contract import REGISTRATION_QUEUE, WEBHOOK_QUEUE
+from hokusai_registry.keys import QUARANTINE_KEY
 from producers import enqueue_registration
 from producers.enqueue import webhook_task_id
 from tests.queue_helpers import client_app, job_fields, save_model_dir, wait_result
 from tests.test_flower import running_flower
 from tests.test_webhooks_e2e import SECRET
 from tests.worker_process import ROOT, WorkerProcess, wait_until
-from worker.metrics import EXPORTED_METRICS, PRIVATE_FOLDER_PREFIX, QUARANTINE_KEY, RedisCollector
+from worker.metrics import EXPORTED_METRICS, PRIVATE_FOLDER_PREFIX, RedisCollector
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

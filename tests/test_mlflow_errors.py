@@ -1,4 +1,4 @@
-"""worker.registration.mlflow_errors: retryable or not, judged by the whole cause chain."""
+"""worker.registration.mlflow_errors and worker.retry_policy: retryable or not, judged by the whole cause chain."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import pytest
 import requests
 from mlflow.exceptions import MlflowException
 
+from hokusai_registry.causes import cause_chain
 from hokusai_registry.errors import InvalidJobError, RegistryUnavailableError
-from worker.registration.mlflow_errors import cause_chain, is_retryable, mlflow_boundary
+from worker.registration.mlflow_errors import mlflow_boundary
+from worker.retry_policy import is_retryable
 
 
 def wrapped_connection_loss() -> MlflowException:

@@ -897,3 +897,25 @@ def test_logged_model_lives_in_the_registry_experiment_beside_the_store(
     store_folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
     assert result["artifact_path"].startswith((store_folder / "artifacts").as_uri())
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_the_artifact_location_has_one_rule(tmp_path: Path) -> None:
+    """The registry's new experiments and a new store's Default one: one rule, in the settings."""
+    from hokusai_registry.settings import Settings
+
+    settings = Settings(hokusai_home=tmp_path / "home")
+    sqlite = f"sqlite:///{tmp_path / 'stores' / 'mlflow.db'}"
+    assert settings.artifact_location_for(sqlite) == (tmp_path / "stores" / "artifacts").as_uri()
+    assert settings.artifact_location_for("http://tracking:5000") is None
+    assert settings.artifact_location_for("postgresql://mlflow@db/mlflow") == (tmp_path / "home" / "artifacts").as_uri()
+    assert settings.artifact_location_for() == (tmp_path / "home" / "artifacts").as_uri()  # the embedded store
+    explicit = Settings(mlflow_artifact_location="s3://bucket/artifacts")
+    assert {explicit.artifact_location_for(uri) for uri in (sqlite, "http://tracking:5000")} == {
+        "s3://bucket/artifacts"
+    }
+
+
+def test_a_new_experiment_takes_the_one_rules_location(tracking_uri: str) -> None:
+    registry = HokusaiModelRegistry(tracking_uri)
+    experiment = MlflowClient(tracking_uri).get_experiment(registry.experiment_id())
+    assert experiment.artifact_location == registry.settings.artifact_location_for(tracking_uri)

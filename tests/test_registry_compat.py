@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from pydantic_core import to_jsonable_python
 
 from devtools.devstack import free_port
 from hokusai_registry.settings import Settings
@@ -36,6 +37,21 @@ def _iso_utc(text: Any) -> datetime:
     moment = datetime.fromisoformat(text)
     assert moment.tzinfo is not None and moment.utcoffset() == UTC.utcoffset(None)
     return moment
+
+
+def _assert_utc_datetime(value: Any) -> None:
+    """A timezone-aware UTC ``datetime``, as the old pandas Timestamp was (a ``datetime`` subclass)."""
+    assert isinstance(value, datetime)
+    assert value.tzinfo is not None and value.utcoffset() == UTC.utcoffset(None)
+    assert _iso_utc(value.isoformat()) == value
+
+
+def _assert_encodable_the_old_ways(item: dict[str, Any]) -> None:
+    """The old API's encoders: FastAPI's (pydantic's jsonable form: ISO 8601) and ``json.dumps(default=...)``."""
+    created = item["created_at"]
+    assert to_jsonable_python(item)["created_at"].replace("Z", "+00:00") == created.isoformat()
+    assert json.loads(json.dumps(item, default=str))["created_at"] == str(created)
+    assert json.loads(json.dumps(item, default=lambda value: value.isoformat()))["created_at"] == created.isoformat()
 
 
 # ------------------------------------------------------------------ class surface
@@ -124,11 +140,11 @@ def test_register_improved_model_old_keys_types_and_run_params(
     assert run.data.metrics == deltas
     assert {k: run.data.params[k] for k in ("baseline_model_id", "contributor_address", "improvement_count")} == {
         "baseline_model_id": "hokusai_classification_baseline/1",
-        "contributor_address": CONTRIBUTOR.lower(),
+        "contributor_address": CONTRIBUTOR,  # as given, as the old class logged it
         "improvement_count": "2",
     }
     found = mlflow.search_runs(
-        search_all_experiments=True, filter_string=f"params.contributor_address = '{CONTRIBUTOR.lower()}'"
+        search_all_experiments=True, filter_string=f"params.contributor_address = '{CONTRIBUTOR}'"
     )
     assert list(found["run_id"]) == [result["run_id"]]
 
@@ -246,8 +262,8 @@ def test_get_contributor_models_old_keys_any_case(
             baseline["model_id"],
         )
         assert item["metrics"] == {"ndcg_improvement": 0.1}
-        _iso_utc(item["created_at"])
-        json.dumps(item)
+        _assert_utc_datetime(item["created_at"])
+        _assert_encodable_the_old_ways(item)
 
 
 def test_get_contributor_models_invalid_address_is_an_empty_list(registry: HokusaiModelRegistry) -> None:
@@ -269,11 +285,11 @@ def test_promote_model_to_production_old_keys_and_lifecycle_tag(
     }
     _iso_utc(promoted["timestamp"])
     client = MlflowClient(tracking_uri)
-    assert client.get_model_version(first["model_name"], "1").tags["lifecycle_stage"] == "production"
+    assert client.get_model_version(first["model_name"], "1").tags["lifecycle_stage"] == "Production"
 
     registry.promote_model_to_production(second["model_name"], second["version"])
-    assert client.get_model_version(first["model_name"], "1").tags["lifecycle_stage"] == "archived"
-    assert client.get_model_version(first["model_name"], "2").tags["lifecycle_stage"] == "production"
+    assert client.get_model_version(first["model_name"], "1").tags["lifecycle_stage"] == "Archived"
+    assert client.get_model_version(first["model_name"], "2").tags["lifecycle_stage"] == "Production"
     assert str(client.get_model_version_by_alias(first["model_name"], "production").version) == "2"
 
 
@@ -427,7 +443,7 @@ def test_queued_jobs_log_the_old_run_params(
     params = client.get_run(improved["run_id"]).data.params
     assert {k: params[k] for k in ("baseline_model_id", "contributor_address", "improvement_count")} == {
         "baseline_model_id": baseline["model_id"],
-        "contributor_address": CONTRIBUTOR.lower(),
+        "contributor_address": CONTRIBUTOR,  # as the job gave it
         "improvement_count": "1",
     }
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="params.model_type = 'lead_scoring'")
@@ -460,3 +476,117 @@ def test_a_resumed_job_still_gets_the_old_run_params(
         "True",
         "leads-2026-11",
     )
+
+
+# ------------------------------------------------------------------ the four differences from the pre-upgrade class
+def test_promotion_writes_the_old_stage_name_and_old_route_filters_find_it(
+    registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any
+) -> None:
+    """``lifecycle_stage`` holds ``Production`` / ``Archived``, the names the old class and its routes used."""
+    first = registry.register_baseline(sk_model, "ranking", {})
+    second = registry.register_baseline(sk_model, "ranking", {})
+    registry.promote_model_to_production(first["model_name"], first["version"])
+    registry.promote_model_to_production(second["model_name"], second["version"])
+    client = MlflowClient(tracking_uri)
+    production = client.search_model_versions("tags.lifecycle_stage = 'Production'")
+    archived = client.search_model_versions("tags.lifecycle_stage = 'Archived'")
+    assert [(v.name, str(v.version)) for v in production] == [(second["model_name"], "2")]
+    assert [(v.name, str(v.version)) for v in archived] == [(first["model_name"], "1")]
+
+
+def test_a_version_promoted_by_the_previous_release_is_found_by_the_old_filter_after_the_backfill(
+    registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any
+) -> None:
+    """The previous release wrote ``production`` / ``archived``: the backfill rewrites them, once."""
+    old = registry.register_baseline(sk_model, "regression", {})
+    current = registry.register_baseline(sk_model, "regression", {})
+    client = MlflowClient(tracking_uri)
+    client.set_registered_model_alias(current["model_name"], "production", current["version"])
+    client.set_model_version_tag(current["model_name"], current["version"], "lifecycle_stage", "production")
+    client.set_model_version_tag(old["model_name"], old["version"], "lifecycle_stage", "archived")
+
+    report = registry.backfill_model_uuids()
+    assert sorted((c["version"], c["tags"]) for c in report["completed"]) == [
+        ("1", {"lifecycle_stage": "Archived"}),
+        ("2", {"lifecycle_stage": "Production"}),
+    ]
+    found = client.search_model_versions("tags.lifecycle_stage = 'Production'")
+    assert [(v.name, str(v.version)) for v in found] == [(current["model_name"], current["version"])]
+    assert registry.backfill_model_uuids()["completed"] == []
+    assert [m["version"] for m in registry.get_production_models()] == [current["version"]]
+
+
+def test_contributor_models_created_at_is_the_runs_start_as_a_utc_datetime(
+    registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any
+) -> None:
+    """The old value was ``search_runs()``'s ``start_time``: a timezone-aware pandas Timestamp."""
+    baseline = registry.register_baseline(sk_model, "lead_scoring", {})
+    improved = registry.register_improved_model(sk_model, baseline["model_id"], {"auc_improvement": 0.1}, CONTRIBUTOR)
+    (item,) = registry.get_contributor_models(CONTRIBUTOR)
+    created = item["created_at"]
+    _assert_utc_datetime(created)
+    start_ms = MlflowClient(tracking_uri).get_run(improved["run_id"]).info.start_time
+    assert created == datetime.fromtimestamp(start_ms / 1000, tz=UTC)
+    (old_value,) = mlflow.search_runs(search_all_experiments=True, filter_string="params.improvement_count = '1'")[
+        "start_time"
+    ]
+    assert created == old_value.to_pydatetime()
+    _assert_encodable_the_old_ways(item)
+
+
+def test_with_the_experiment_setting_at_the_default_experiment_the_old_search_finds_the_runs(
+    tracking_uri: str, sk_model: Any
+) -> None:
+    """``MLFLOW_EXPERIMENT_ID=0``: runs go to MLflow's Default experiment, which a search without experiments reads."""
+    registry = HokusaiModelRegistry(tracking_uri, settings=Settings(mlflow_experiment_id="0"))
+    assert registry.experiment_id() == "0"
+    result = registry.register_baseline(sk_model, "lead_scoring", {})
+    runs = mlflow.search_runs(filter_string="params.model_type = 'lead_scoring'")
+    assert list(runs["run_id"]) == [result["run_id"]]
+
+
+def test_with_the_default_settings_old_searches_name_the_experiment(
+    registry: HokusaiModelRegistry, sk_model: Any
+) -> None:
+    """Today's default (an experiment of its own): the documented ways an old caller finds the runs."""
+    result = registry.register_baseline(sk_model, "lead_scoring", {})
+    assert registry.experiment_id() != "0"
+    assert mlflow.search_runs(filter_string="params.model_type = 'lead_scoring'").empty
+    for found in (
+        mlflow.search_runs(
+            experiment_ids=[registry.experiment_id()], filter_string="params.model_type = 'lead_scoring'"
+        ),
+        mlflow.search_runs(experiment_names=["hokusai-registry"], filter_string="params.model_type = 'lead_scoring'"),
+        mlflow.search_runs(search_all_experiments=True, filter_string="params.model_type = 'lead_scoring'"),
+    ):
+        assert list(found["run_id"]) == [result["run_id"]]
+
+
+def test_an_experiment_setting_naming_no_experiment_is_a_configuration_error(tracking_uri: str, sk_model: Any) -> None:
+    from hokusai_registry.errors import ConfigurationError
+
+    registry = HokusaiModelRegistry(tracking_uri, settings=Settings(mlflow_experiment_id="4242"))
+    with pytest.raises(ConfigurationError, match="MLFLOW_EXPERIMENT_ID=4242: no such experiment"):
+        registry.register_baseline(sk_model, "lead_scoring", {})
+    with pytest.raises(ValueError, match="mlflow_experiment_id"):
+        Settings(mlflow_experiment_id="Default")
+
+
+def test_contributor_address_param_keeps_the_case_given_and_lookups_ignore_case(
+    registry: HokusaiModelRegistry, tracking_uri: str, sk_model: Any
+) -> None:
+    """An EIP-55 search finds the run, as it found the old class's; the registry's own lookups match any case."""
+    baseline = registry.register_baseline(sk_model, "classification", {})
+    improved = registry.register_improved_model(sk_model, baseline["model_id"], {}, CONTRIBUTOR)
+    old_search = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"params.contributor_address = '{CONTRIBUTOR}'"
+    )
+    assert list(old_search["run_id"]) == [improved["run_id"]]
+    any_case = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"params.contributor_address ILIKE '{CONTRIBUTOR.upper()}'"
+    )
+    assert list(any_case["run_id"]) == [improved["run_id"]]
+    version = MlflowClient(tracking_uri).get_model_version(improved["model_name"], improved["version"])
+    assert version.tags["contributor"] == CONTRIBUTOR.lower()  # the lookup tag stays normalised
+    for asked in (CONTRIBUTOR, CONTRIBUTOR.lower(), "0x" + CONTRIBUTOR[2:].upper()):
+        assert [m["run_id"] for m in registry.get_contributor_models(asked)] == [improved["run_id"]]

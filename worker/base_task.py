@@ -1,4 +1,4 @@
-"""The base class of every task: one failure-recording path and one retry decision.
+"""The base class of every task: one failure-recording path, and the retry policy's decision applied.
 
 A task that fails for good (a ``PermanentError``, a retryable one whose retries ran out, or an
 unknown exception that is not transient by its cause chain) gets a failed-jobs record
@@ -18,9 +18,8 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from hokusai_registry import failed_jobs
 from hokusai_registry.contract import REGISTER_TASK
-from hokusai_registry.errors import BrokerUnavailableError, RetryableError, WebhookDeadLetteredError
-from worker.registration.mlflow_errors import is_retryable
-from worker.webhooks import backoff
+from hokusai_registry.errors import BrokerUnavailableError, WebhookDeadLetteredError
+from worker.retry_policy import task_retry_delay
 
 logger = logging.getLogger(__name__)
 
@@ -34,17 +33,14 @@ class HokusaiTask(Task):
     def retry_countdown(self, exc: BaseException, *, base_s: float, max_s: float) -> float | None:
         """Seconds until the next attempt, or None when ``exc`` is not retryable or retries ran out.
 
-        Never more than ``max_s``: the countdown is held in a worker's memory, and the settings keep
-        ``max_s`` below the visibility timeout (a longer countdown would be delivered twice).
+        The decision is the retry policy's (``worker.retry_policy.task_retry_delay``: never more
+        than ``max_s``, which the settings keep below the visibility timeout).
         """
-        if not is_retryable(exc):
-            return None
-        if self.max_retries is not None and self.request.retries >= self.max_retries:
-            return None
-        hint = exc.retry_after_s if isinstance(exc, RetryableError) else None
-        failed_attempt = self.request.retries + 1
-        delay = min(max_s, backoff.retry_delay(failed_attempt, retry_after_s=hint, base_s=base_s, max_s=max_s))
-        logger.warning("attempt %d failed (%s); retrying in %.1fs", failed_attempt, exc, delay)
+        delay = task_retry_delay(
+            exc, retries=self.request.retries, max_retries=self.max_retries, base_s=base_s, max_s=max_s
+        )
+        if delay is not None:
+            logger.warning("attempt %d failed (%s); retrying in %.1fs", self.request.retries + 1, exc, delay)
         return delay
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

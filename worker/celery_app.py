@@ -1,4 +1,8 @@
-"""The Celery application: ``celery -A worker worker`` finds it as ``worker.app``."""
+"""The Celery application and its bootsteps: ``celery -A worker worker`` finds it as ``worker.app``.
+
+The tasks (``worker.tasks``) import this module for ``app``; nothing here imports them (the app
+loads them by name, ``include``), so imports point one way.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,14 @@ from hokusai_registry import log
 from hokusai_registry.contract import stamp_enqueued_at
 from hokusai_registry.errors import ConfigurationError
 from hokusai_registry.settings import get_settings, settings_or_exit
+from hokusai_registry.webhook_policy import check_webhook_config
 from worker import mlflow_defaults
 
 mlflow_defaults.apply()  # before anything imports mlflow
 settings_or_exit("the worker")  # a bad setting stops here, naming the variable
 from worker.metrics import MetricsServer  # noqa: E402  (after mlflow_defaults.apply)
+from worker.webhooks.pump import pump_deferred_webhooks  # noqa: E402
+from worker.webhooks.store import EventStore  # noqa: E402
 
 app = Celery("hokusai-registry", include=["worker.tasks"], task_cls="worker.base_task:HokusaiTask")
 app.config_from_object("celeryconfig")
@@ -30,8 +37,6 @@ class StartupChecks(bootsteps.Step):
     """Refuse to start a worker whose settings cannot work (e.g. webhooks with no secret)."""
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
-        from hokusai_registry.webhook_policy import check_webhook_config
-
         try:
             check_webhook_config(get_settings())
         except ConfigurationError as exc:  # one line naming the variable and the fix, no traceback
@@ -45,7 +50,7 @@ class DeferredWebhookPump(bootsteps.StartStopStep):
 
     Retries that must wait longer than an in-memory countdown may (see VISIBILITY_TIMEOUT_S)
     wait in a Redis sorted set instead; every worker polls it, and each due event is claimed
-    by exactly one of them.
+    by exactly one of them (``worker.webhooks.pump``). The main process has its own store.
     """
 
     requires = {"celery.worker.components:Timer"}
@@ -53,20 +58,24 @@ class DeferredWebhookPump(bootsteps.StartStopStep):
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.timer_ref: Any = None
+        self.celery_app: Celery | None = None
+        self.event_store: EventStore | None = None
 
     def start(self, parent: Any) -> None:
-        self.timer_ref = parent.timer.call_repeatedly(get_settings().webhook_schedule_poll_s, self.pump)
+        settings = get_settings()
+        self.celery_app, self.event_store = parent.app, EventStore.for_settings(settings)
+        self.timer_ref = parent.timer.call_repeatedly(settings.webhook_schedule_poll_s, self.pump)
 
     def stop(self, parent: Any) -> None:
         if self.timer_ref is not None:
             self.timer_ref.cancel()
 
-    @staticmethod
-    def pump() -> None:
-        from worker.tasks import pump_deferred_webhooks
-
+    def pump(self) -> None:
+        """One tick: hand over what came due (a failure is logged; the next tick tries again)."""
+        if self.celery_app is None or self.event_store is None:
+            return
         try:
-            pump_deferred_webhooks()
+            pump_deferred_webhooks(self.event_store, self.celery_app, lease_s=get_settings().visibility_timeout_s)
         except Exception:  # a Redis blip must not stop the timer; the next tick tries again
             logging.getLogger(__name__).exception("could not hand over deferred webhooks")
 

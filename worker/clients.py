@@ -50,5 +50,5 @@ def get_event_store() -> EventStore:
     """This process's webhook event store (in the broker's Redis)."""
     global _event_store
     if _event_store is None:
-        _event_store = EventStore(get_redis(), delivered_ttl_s=get_settings().result_expires_s)
+        _event_store = EventStore.for_settings(get_settings(), get_redis())
     return _event_store

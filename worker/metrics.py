@@ -28,10 +28,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from hokusai_registry import failed_jobs
 from hokusai_registry.contract import DELIVER_WEBHOOK_TASK, ENQUEUED_AT_HEADER, REGISTER_TASK, WEBHOOK_TASK
 from hokusai_registry.errors import HokusaiError, WebhookDeadLetteredError
-from hokusai_registry.quarantine import QUARANTINE_KEY
+from hokusai_registry.keys import FAILED_JOBS_KEY, QUARANTINE_KEY
 from hokusai_registry.redis_client import connect
 from hokusai_registry.settings import Settings, get_settings
 from worker import scratch
@@ -82,7 +81,7 @@ def status_class(status_code: int | None) -> str:
 
 
 def observe_webhook_attempt(status_code: int | None) -> None:
-    """The hook ``worker.webhooks.delivery`` calls after every HTTP attempt."""
+    """Count one webhook HTTP attempt: the ``on_attempt`` the webhook tasks give delivery."""
     WEBHOOK_ATTEMPTS.labels(status_class(status_code)).inc()
 
 
@@ -153,7 +152,7 @@ class RedisCollector(Collector):
     def _families(self) -> Iterator[GaugeMetricFamily]:
         dead, deferred = self.events.counts()
         pipe = self.client.pipeline(transaction=False)
-        pipe.hlen(failed_jobs.FAILED_JOBS_KEY)
+        pipe.hlen(FAILED_JOBS_KEY)
         pipe.hlen(QUARANTINE_KEY)  # a missing key counts 0
         for queue in QUEUES:
             for key in queue_keys(queue):

@@ -2,7 +2,8 @@
 
 The one definition of "the product's queues": the poison check judges only what is popped from
 them (Celery's pidbox, reply and event queues are not ours and pass untouched), and the metrics
-count what waits in them.
+count what waits in them. The queue names are the wire contract's; every other Redis key of the
+product is in ``hokusai_registry.keys``. This layout is kombu's, so it lives here, beside kombu.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Celery tasks: thin wrappers that validate input, call plain functions, and decide retries.
 
-Retry policy, declared once (``worker.base_task.HokusaiTask``): an error that is retryable by
-the error tree or its cause chain → retry with exponential backoff and jitter up to a limit;
-anything else, or retries used up → the task fails and ``HokusaiTask.on_failure`` records it.
-Nothing is dropped silently.
+Retry policy, written once (``worker.retry_policy``, applied by ``worker.base_task.HokusaiTask``):
+an error that is retryable by the error tree or its cause chain → retry with exponential backoff
+and jitter up to a limit; anything else, or retries used up → the task fails and
+``HokusaiTask.on_failure`` records it. Nothing is dropped silently. The webhook tasks count each
+HTTP attempt in the metrics (``worker.metrics``) through delivery's ``on_attempt``.
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ from celery import Task
 from celery.exceptions import Retry
 
 from hokusai_registry import log
-from hokusai_registry.contract import DELIVER_WEBHOOK_TASK, REGISTER_TASK, WEBHOOK_TASK, webhook_task_id
+from hokusai_registry.contract import DELIVER_WEBHOOK_TASK, REGISTER_TASK, WEBHOOK_TASK
 from hokusai_registry.errors import (
     ArtifactNotFoundError,
     RetryableError,
     WebhookDeadLetteredError,
     WebhookDeliveryError,
 )
+from hokusai_registry.keys import job_lock_key
 from hokusai_registry.settings import Settings, get_settings
 from hokusai_registry.validation import validate_job
 from worker.base_task import HokusaiTask
 from worker.celery_app import app
 from worker.clients import get_event_store, get_http_client, get_redis, get_registry
+from worker.metrics import observe_webhook_attempt
 from worker.registration.job import job_of_result, register_job, registered_result
 from worker.webhooks import delivery
 from worker.webhooks import event as events
@@ -44,7 +47,7 @@ def job_lock(job_id: str, settings: Settings) -> Iterator[None]:
     The lock expires with the task time limit, so a SIGKILLed holder cannot block a redelivery.
     """
     lock = get_redis().lock(
-        f"hokusai:lock:job:{job_id}",
+        job_lock_key(job_id),
         timeout=settings.task_time_limit_s,
         blocking_timeout=max(1, settings.task_time_limit_s - 5),
     )
@@ -132,7 +135,13 @@ def _send_event(task: Task, event_id: str) -> dict[str, Any]:
     Dead-lettered: FAILURE (``WebhookDeadLetteredError`` naming the event and the reason).
     """
     log.bind(event_id=event_id)
-    outcome = delivery.send_stored_event(get_event_store(), event_id, settings=get_settings(), client=get_http_client())
+    outcome = delivery.send_stored_event(
+        get_event_store(),
+        event_id,
+        settings=get_settings(),
+        client=get_http_client(),
+        on_attempt=observe_webhook_attempt,
+    )
     if outcome.status == "retry":
         assert outcome.countdown_s is not None
         logger.warning("webhook attempt %d failed (%s); retrying in %.1fs", outcome.attempt, outcome.reason,
@@ -155,20 +164,3 @@ def _send_event(task: Task, event_id: str) -> dict[str, Any]:
         raise WebhookDeadLetteredError(message)
     logger.info("webhook %s: %s after %d attempt(s)", event_id, outcome.status, outcome.attempt)
     return outcome.as_dict()
-
-
-def pump_deferred_webhooks(limit: int = 100) -> int:
-    """Hand every deferred event that is due to a ``deliver_webhook`` task; returns how many.
-
-    The task reuses the webhook task id of the event's job (``<job_id>-webhook``), so the task
-    Flower showed as RETRY while the event waited ends SUCCESS or FAILURE with the delivery.
-    Claims are leased for the visibility timeout: an event claimed by a worker that dies before
-    publishing its task comes due again then, like any message a dead worker held.
-    """
-    store = get_event_store()
-    claimed = store.claim_due(limit=limit, lease_s=get_settings().visibility_timeout_s)
-    for event_id in claimed:
-        record = store.get(event_id)
-        task_id = webhook_task_id(str(record.event.job_id)) if record is not None else None
-        deliver_webhook.apply_async(args=[event_id], task_id=task_id)
-    return len(claimed)

@@ -11,6 +11,8 @@ For each model version, without touching what is already right:
   lower-cased (the old class kept the EIP-55 mixed case), so lookups match any case.
 - a version in MLflow's retired ``Production`` stage gets the ``production`` alias when its model
   has none.
+- a ``lifecycle_stage`` tag an earlier release wrote lower-case (``production``, ``archived``) gets
+  the stage name the old callers compare against (``Production``, ``Archived``).
 
 Idempotent (a second run changes nothing), ``dry_run`` changes nothing, and what cannot be
 derived is reported with the reason instead of stopping the run.
@@ -21,25 +23,32 @@ from __future__ import annotations
 import logging
 import uuid as uuid_lib
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from hokusai_registry.contract import CONTRIBUTOR_RE, MODEL_TYPES, MODEL_UUID_RE, parse_baseline_id
+from hokusai_registry.contract import (
+    BASELINE_SUFFIX,
+    IMPROVED_SUFFIX,
+    MODEL_TYPES,
+    MODEL_UUID_RE,
+    is_contributor_address,
+    parse_baseline_id,
+)
 from hokusai_registry.errors import RegistryUnavailableError
-from worker.registration import compat
+from worker.registration import compat, reads, tags
 from worker.registration.mlflow_errors import mlflow_boundary
-
-if TYPE_CHECKING:
-    from worker.registration.registry import HokusaiModelRegistry
+from worker.registration.promotion import promote_model_to_production
+from worker.registration.reads import RegistryStore
+from worker.registration.results import model_id_from_source
 
 logger = logging.getLogger(__name__)
 
 
 def backfill(
-    registry: HokusaiModelRegistry,
+    store: RegistryStore,
     *,
     dry_run: bool = False,
     on_progress: Callable[[ModelVersion], None] | None = None,
@@ -52,8 +61,6 @@ def backfill(
         ``unresolved`` (no uuid, with the reason); ``incomplete`` (tags that could not be derived,
         with the reason); ``dry_run``.
     """
-    from worker.registration import registry as reg
-
     report: dict[str, Any] = {
         "scanned": 0,
         "already_tagged": 0,
@@ -63,25 +70,26 @@ def backfill(
         "unresolved": [],
         "incomplete": [],
     }
-    client = registry.client
+    client = store.client
     aliases: dict[str, dict[str, str]] = {}
-    for version in registry._search_versions(None):
+    for version in reads.search_versions(store, None):
         report["scanned"] += 1
         where = {"model_name": version.name, "version": str(version.version)}
         try:
-            tags = dict(version.tags or {})
+            version_tags = dict(version.tags or {})
             changes: dict[str, str] = {}
-            if reg.TAG_MODEL_UUID in tags:
+            if tags.TAG_MODEL_UUID in version_tags:
                 report["already_tagged"] += 1
             else:
                 found, reason = _uuid_of_version(version)
                 if found is None:
                     report["unresolved"].append({**where, "reason": reason})
                 else:
-                    changes[reg.TAG_MODEL_UUID] = found
+                    changes[tags.TAG_MODEL_UUID] = found
                     report["tagged"].append({**where, "model_uuid": found})
-            params = _run_params(registry, version.run_id)
-            derived, problems = derive_tags(registry, version.name, tags, params)
+            run = reads.run_of(store, version.run_id)
+            params = dict(run.data.params) if run else {}
+            derived, problems = derive_tags(store, version.name, version_tags, params)
             if derived:
                 report["completed"].append({**where, "tags": derived})
             if problems:
@@ -91,15 +99,15 @@ def backfill(
                 with mlflow_boundary(f"tagging {version.name}/{version.version}"):
                     for key, value in changes.items():
                         client.set_model_version_tag(version.name, version.version, key, value)
-            if version.current_stage == compat.PRODUCTION_STAGE:
+            if version.current_stage == tags.PRODUCTION_STAGE:
                 if version.name not in aliases:
                     with mlflow_boundary(f"reading {version.name}"):
                         aliases[version.name] = dict(client.get_registered_model(version.name).aliases or {})
-                if reg.PRODUCTION_ALIAS not in aliases[version.name]:
-                    aliases[version.name][reg.PRODUCTION_ALIAS] = str(version.version)
+                if tags.PRODUCTION_ALIAS not in aliases[version.name]:
+                    aliases[version.name][tags.PRODUCTION_ALIAS] = str(version.version)
                     report["promoted"].append(where)
                     if not dry_run:
-                        registry.promote_model_to_production(version.name, str(version.version))
+                        promote_model_to_production(store, version.name, str(version.version))
         finally:
             if on_progress is not None:
                 on_progress(version)
@@ -108,50 +116,45 @@ def backfill(
 
 
 def derive_tags(
-    registry: HokusaiModelRegistry, name: str, tags: Mapping[str, str], params: Mapping[str, str]
+    store: RegistryStore, name: str, version_tags: Mapping[str, str], params: Mapping[str, str]
 ) -> tuple[dict[str, str], list[str]]:
     """The tags a version lacks (or has in the old form), and why any could not be derived."""
-    from worker.registration import registry as reg
-
     new: dict[str, str] = {}
     problems: list[str] = []
-    baseline_id = tags.get(reg.TAG_BASELINE_ID) or params.get("baseline_model_id")
-    if reg.TAG_IS_BASELINE not in tags:
-        if params.get("is_baseline") in {"True", "False"}:
-            new[reg.TAG_IS_BASELINE] = params["is_baseline"].lower()
-        elif name.endswith("_baseline") and not baseline_id:
-            new[reg.TAG_IS_BASELINE] = "true"
-        elif name.endswith("_improved") or baseline_id:
-            new[reg.TAG_IS_BASELINE] = "false"
+    baseline_id = version_tags.get(tags.TAG_BASELINE_ID) or params.get(tags.PARAM_BASELINE_ID)
+    if tags.TAG_IS_BASELINE not in version_tags:
+        if params.get(tags.PARAM_IS_BASELINE) in {tags.PARAM_TRUE, tags.PARAM_FALSE}:
+            new[tags.TAG_IS_BASELINE] = tags.TRUE if params[tags.PARAM_IS_BASELINE] == tags.PARAM_TRUE else tags.FALSE
+        elif name.endswith(BASELINE_SUFFIX) and not baseline_id:
+            new[tags.TAG_IS_BASELINE] = tags.TRUE
+        elif name.endswith(IMPROVED_SUFFIX) or baseline_id:
+            new[tags.TAG_IS_BASELINE] = tags.FALSE
         else:
             problems.append("is_baseline: the name ends in neither _baseline nor _improved and no run param says")
-    is_baseline = (tags.get(reg.TAG_IS_BASELINE) or new.get(reg.TAG_IS_BASELINE)) == "true"
-    if not is_baseline and baseline_id and reg.TAG_BASELINE_ID not in tags:
-        new[reg.TAG_BASELINE_ID] = baseline_id
-    contributor = tags.get(reg.TAG_CONTRIBUTOR) or params.get("contributor_address")
+    is_baseline = (version_tags.get(tags.TAG_IS_BASELINE) or new.get(tags.TAG_IS_BASELINE)) == tags.TRUE
+    if not is_baseline and baseline_id and tags.TAG_BASELINE_ID not in version_tags:
+        new[tags.TAG_BASELINE_ID] = baseline_id
+    contributor = version_tags.get(tags.TAG_CONTRIBUTOR) or params.get(tags.PARAM_CONTRIBUTOR)
     if contributor is not None and not is_baseline:
-        if not CONTRIBUTOR_RE.fullmatch(contributor):
+        if not is_contributor_address(contributor):
             problems.append(f"contributor: {contributor!r} is not a wallet address")
-        elif tags.get(reg.TAG_CONTRIBUTOR) != contributor.lower():
-            new[reg.TAG_CONTRIBUTOR] = contributor.lower()
-    if reg.TAG_MODEL_TYPE not in tags:
-        model_type = params.get("model_type") or _type_from_name(name) or _type_of_baseline(registry, baseline_id)
+        elif version_tags.get(tags.TAG_CONTRIBUTOR) != contributor.lower():
+            new[tags.TAG_CONTRIBUTOR] = contributor.lower()
+    if tags.TAG_MODEL_TYPE not in version_tags:
+        model_type = (
+            params.get(tags.PARAM_MODEL_TYPE) or tags.model_type_of_name(name) or _type_of_baseline(store, baseline_id)
+        )
         if model_type in MODEL_TYPES:
-            new[reg.TAG_MODEL_TYPE] = str(model_type)
+            new[tags.TAG_MODEL_TYPE] = str(model_type)
         else:
             problems.append(f"model_type: cannot be derived (found {model_type!r}); tag it by hand")
+    stage = version_tags.get(tags.TAG_LIFECYCLE_STAGE)
+    if stage is not None and tags.lifecycle_stage(stage) != stage:
+        new[tags.TAG_LIFECYCLE_STAGE] = str(tags.lifecycle_stage(stage))
     return new, problems
 
 
-def _type_from_name(name: str) -> str | None:
-    for suffix in ("_baseline", "_improved"):
-        if name.startswith("hokusai_") and name.endswith(suffix):
-            candidate = name.removeprefix("hokusai_").removesuffix(suffix)
-            return candidate if candidate in MODEL_TYPES else None
-    return None
-
-
-def _type_of_baseline(registry: HokusaiModelRegistry, baseline_id: str | None) -> str | None:
+def _type_of_baseline(store: RegistryStore, baseline_id: str | None) -> str | None:
     try:
         ref = parse_baseline_id(baseline_id)
     except ValueError:
@@ -159,23 +162,16 @@ def _type_of_baseline(registry: HokusaiModelRegistry, baseline_id: str | None) -
     if ref.model_type is not None:
         return ref.model_type
     try:
-        return registry._baseline_model_type(ref)
+        return compat.baseline_model_type(store, ref)
     except RegistryUnavailableError:
         raise
     except ValueError:
         return None
 
 
-def _run_params(registry: HokusaiModelRegistry, run_id: str | None) -> dict[str, str]:
-    run = registry._runs([run_id]).get(run_id or "") if run_id else None
-    return dict(run.data.params) if run else {}
-
-
 def _uuid_of_version(version: ModelVersion) -> tuple[str | None, str]:
     """(uuid, how it was found) or (None, why not)."""
-    from worker.registration.registry import _model_id_from_source
-
-    found = _model_id_from_source(version.source) or getattr(version, "model_id", None)
+    found = model_id_from_source(version.source) or getattr(version, "model_id", None)
     if found:
         return str(found), "logged model"
     try:

@@ -1,28 +1,23 @@
 """The result shapes the pre-upgrade ``HokusaiModelRegistry`` returned, kept for its callers.
 
-Each function adds the old keys (with the old JSON types) to what the registry reads from
-MLflow; the registry's own keys stay beside them. What changed on purpose is in docs/upgrade.md.
+Each function adds the old keys (with the old types) to what the registry reads from MLflow; the
+registry's own keys stay beside them. Functions that read MLflow take a :class:`RegistryStore`.
+What changed on purpose is in docs/upgrade.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 
 from hokusai_registry.contract import MODEL_TYPES, BaselineRef
 from hokusai_registry.errors import InvalidInputError, ModelNotFoundError
-from worker.registration import model_inputs
+from worker.registration import model_inputs, reads, tags
+from worker.registration.results import utc_datetime
 
-if TYPE_CHECKING:
-    from worker.registration.registry import HokusaiModelRegistry
-
-#: MLflow's retired stage name, still what old callers compare against.
-PRODUCTION_STAGE = "Production"
-#: Version tag the registry keeps in step with the ``production`` alias.
-TAG_LIFECYCLE_STAGE = "lifecycle_stage"
 #: Suffix of the metrics an improvement is measured in, summed by ``cumulative_improvement``.
 IMPROVEMENT_SUFFIX = "_improvement"
 
@@ -62,11 +57,12 @@ def contributor_entry(
 ) -> dict[str, Any]:
     """A contributor item: the summary plus ``contributor_address`` (as asked), ``metrics``, ``created_at``.
 
-    ``created_at`` is the run's start as an ISO 8601 string (the old result was a pandas Timestamp,
-    which JSON encoders write as that string); the version's creation time when the run is gone.
+    ``created_at`` is the run's start as a timezone-aware UTC ``datetime`` (the old value was a
+    pandas Timestamp, a ``datetime`` subclass: ``isoformat()``, JSON encoders' ``default=str`` and
+    FastAPI's encoder write it as before); the version's creation time when the run is gone.
     """
     millis = run_start_ms or version.creation_timestamp
-    created = _iso(int(millis)) if millis else summary["registration_timestamp"]
+    created = utc_datetime(int(millis)) if millis else datetime.fromisoformat(summary["registration_timestamp"])
     return {**summary, "contributor_address": queried_address, "metrics": dict(metrics), "created_at": created}
 
 
@@ -76,7 +72,7 @@ def promotion_result(model_name: str, version: str, alias: str) -> dict[str, Any
         "model_id": model_name,
         "model_name": model_name,
         "version": version,
-        "stage": PRODUCTION_STAGE,
+        "stage": tags.PRODUCTION_STAGE,
         "alias": alias,
         "timestamp": datetime.now(UTC).isoformat(),
     }
@@ -92,7 +88,7 @@ def production_entries(models: Iterable[RegisteredModel], alias: str) -> list[di
     for model in models:
         version = (model.aliases or {}).get(alias)
         if version is None:
-            staged = [v for v in (model.latest_versions or []) if v.current_stage == PRODUCTION_STAGE]
+            staged = [v for v in (model.latest_versions or []) if v.current_stage == tags.PRODUCTION_STAGE]
             version = staged[0].version if staged else None
         if version is None:
             continue
@@ -100,7 +96,7 @@ def production_entries(models: Iterable[RegisteredModel], alias: str) -> list[di
             {
                 "model_name": model.name,
                 "version": str(version),
-                "stage": PRODUCTION_STAGE,
+                "stage": tags.PRODUCTION_STAGE,
                 "alias": alias,
                 "description": model.description,
                 "tags": dict(model.tags or {}),
@@ -111,18 +107,16 @@ def production_entries(models: Iterable[RegisteredModel], alias: str) -> list[di
 
 def fill_from_legacy_params(entry: dict[str, Any], params: Mapping[str, str]) -> None:
     """Versions the old class registered, not yet backfilled: read what their run params say."""
-    from worker.registration.registry import TAG_IS_BASELINE
-
-    if TAG_IS_BASELINE not in entry["tags"] and params.get("is_baseline") == "True":
+    if tags.TAG_IS_BASELINE not in entry["tags"] and params.get(tags.PARAM_IS_BASELINE) == tags.PARAM_TRUE:
         entry["is_baseline"] = True
     if not entry["is_baseline"]:
-        entry["baseline_id"] = entry.get("baseline_id") or params.get("baseline_model_id")
-        entry["contributor"] = entry.get("contributor") or params.get("contributor_address")
-    if entry.get("model_type") is None and params.get("model_type"):
-        entry["model_type"] = params["model_type"]
+        entry["baseline_id"] = entry.get("baseline_id") or params.get(tags.PARAM_BASELINE_ID)
+        entry["contributor"] = entry.get("contributor") or params.get(tags.PARAM_CONTRIBUTOR)
+    if entry.get("model_type") is None and params.get(tags.PARAM_MODEL_TYPE):
+        entry["model_type"] = params[tags.PARAM_MODEL_TYPE]
 
 
-def baseline_metrics(registry: HokusaiModelRegistry, entries: list[dict[str, Any]]) -> dict[str, float] | None:
+def baseline_metrics(store: reads.RegistryStore, entries: list[dict[str, Any]]) -> dict[str, float] | None:
     """Metrics of the lineage's baseline: its baseline entry, else the version improved entries name."""
     for entry in entries:
         if entry.get("is_baseline"):
@@ -132,34 +126,28 @@ def baseline_metrics(registry: HokusaiModelRegistry, entries: list[dict[str, Any
         ref = model_inputs.parse_baseline(baseline_id)
     except InvalidInputError:
         return None
-    version = registry.find_version(ref.name, ref.version)
+    version = reads.find_version(store, ref.name, ref.version)
     if version is None:
         return None
-    run = registry._runs([version.run_id]).get(version.run_id or "")
+    run = reads.run_of(store, version.run_id)
     return dict(run.data.metrics) if run else None
 
 
-def baseline_model_type(registry: HokusaiModelRegistry, ref: BaselineRef) -> str:
+def baseline_model_type(store: reads.RegistryStore, ref: BaselineRef) -> str:
     """The model type of a baseline whose name implies none: its version tag, else its run param."""
-    from worker.registration.registry import TAG_MODEL_TYPE
-
-    version = registry.find_version(ref.name, ref.version)
+    version = reads.find_version(store, ref.name, ref.version)
     if version is None:
         raise ModelNotFoundError(
             f"baseline_id {ref.name}/{ref.version}: no such model version, and the name implies "
             "no model type (hokusai_<model_type>_baseline would)"
         )
-    model_type = (version.tags or {}).get(TAG_MODEL_TYPE)
-    if model_type is None and version.run_id:
-        run = registry._runs([version.run_id]).get(version.run_id)
-        model_type = run.data.params.get("model_type") if run else None
+    model_type = (version.tags or {}).get(tags.TAG_MODEL_TYPE)
+    if model_type is None:
+        run = reads.run_of(store, version.run_id)
+        model_type = run.data.params.get(tags.PARAM_MODEL_TYPE) if run else None
     if model_type not in MODEL_TYPES:
         raise InvalidInputError(
             f"baseline_id {ref.name}/{ref.version}: cannot tell its model type (tag model_type="
             f"{model_type!r}); tag the version with one of {', '.join(MODEL_TYPES)}"
         )
     return str(model_type)
-
-
-def _iso(millis: int) -> str:
-    return datetime.fromtimestamp(millis / 1000, tz=UTC).isoformat()

@@ -30,12 +30,13 @@ import redis
 from mlflow.entities import LoggedModelStatus
 
 from hokusai_registry import staging
-from hokusai_registry.contract import RegistrationJob, parse_baseline_id
+from hokusai_registry.contract import BaselineRef, RegistrationJob
 from hokusai_registry.errors import InvalidJobError, SignatureError
 from hokusai_registry.settings import Settings
-from worker.registration import artifacts, attempts, signatures
+from worker.registration import artifacts, attempts, signatures, tags
 from worker.registration.mlflow_errors import mlflow_boundary
-from worker.registration.registry import TAG_JOB_ID, TAG_MODEL_TYPE, HokusaiModelRegistry, ModelToLog
+from worker.registration.model_log import ModelToLog
+from worker.registration.registry import HokusaiModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +72,18 @@ def register_job(
             remove_staged_folder(job, settings)
             return replayed
 
-    if job.kind == "improved":
-        check_baseline_exists(job, registry)
-    name, model_type, version_tags = _naming(job, registry)
+    baseline = job.baseline  # parsed once, by the contract's validator
+    if baseline is not None:
+        check_baseline_exists(job, baseline, registry)
     target: dict[str, Any] = {
-        "model_name": name,
-        "model_type": model_type,
+        "model_name": baseline.improved_name if baseline else tags.baseline_model_name(job.model_type),
+        "model_type": job.model_type,
         "is_baseline": job.kind == "baseline",
         "metadata": job.metadata,
         "git": _git(job),
-        "extra_version_tags": version_tags,
+        "baseline_id": job.baseline_id,
+        "contributor": job.contributor,
+        "extra_version_tags": {tags.TAG_JOB_ID: job_id},
     }
     logged = None if first else _previous_attempt_model(registry, job_id)
     if logged is not None:
@@ -102,7 +105,7 @@ def register_job(
             to_log,
             signature=_effective_signature(job, config),
             input_example=job.input_example,
-            extra_logged_model_tags={TAG_JOB_ID: job_id},
+            extra_logged_model_tags={tags.TAG_JOB_ID: job_id},
             metrics=job.delta_metrics,
             **target,
         )
@@ -116,7 +119,7 @@ def registered_result(job: RegistrationJob, registry: HokusaiModelRegistry) -> d
     Raises:
         RegistryUnavailableError: MLflow could not be reached.
     """
-    existing = registry.find_version_by_tag(TAG_JOB_ID, str(job.job_id))
+    existing = registry.find_version_by_tag(tags.TAG_JOB_ID, str(job.job_id))
     if existing is None:
         return None
     logger.info("job already registered as %s/%s; returning that result", existing.name, existing.version)
@@ -139,38 +142,25 @@ def remove_staged_folder(job: RegistrationJob, settings: Settings) -> None:
         logger.warning("could not remove the staged model folder %s: %s", folder, exc)
 
 
-def check_baseline_exists(job: RegistrationJob, registry: HokusaiModelRegistry) -> None:
-    """Refuse an improved job whose baseline version is not in MLflow, or is of another model type.
+def check_baseline_exists(job: RegistrationJob, baseline: BaselineRef, registry: HokusaiModelRegistry) -> None:
+    """Refuse an improved job whose baseline version (``baseline``: its parsed id) is missing or of another type.
 
     Raises:
         InvalidJobError: the baseline version does not exist, or its ``model_type`` tag differs.
         RegistryUnavailableError: MLflow could not be reached.
     """
-    assert job.baseline_id is not None
-    baseline = parse_baseline_id(job.baseline_id)
     version = registry.find_version(baseline.name, baseline.version)
     if version is None:
         raise InvalidJobError(
             f"invalid registration job: baseline_id: {job.baseline_id} does not exist in MLflow "
             f"(no version {baseline.version} of registered model {baseline.name!r})"
         )
-    recorded = (version.tags or {}).get(TAG_MODEL_TYPE)
+    recorded = (version.tags or {}).get(tags.TAG_MODEL_TYPE)
     if recorded and recorded != job.model_type:
         raise InvalidJobError(
             f"invalid registration job: model_type: {job.model_type!r} does not match baseline "
             f"{job.baseline_id}, which is tagged model_type={recorded!r}"
         )
-
-
-def _naming(job: RegistrationJob, registry: HokusaiModelRegistry) -> tuple[str, str, dict[str, str]]:
-    """Registered name, model type and the version tags of a job."""
-    tags = {TAG_JOB_ID: str(job.job_id)}
-    if job.kind == "baseline":
-        return f"hokusai_{job.model_type}_baseline", job.model_type, tags
-    assert job.baseline_id is not None and job.contributor is not None
-    baseline = parse_baseline_id(job.baseline_id)  # validate_job checked the model type against it
-    tags.update(contributor=job.contributor.lower(), baseline_model_id=job.baseline_id)
-    return baseline.improved_name, job.model_type, tags
 
 
 def _effective_signature(job: RegistrationJob, config: Any) -> Any:
@@ -195,7 +185,7 @@ def _logged_models_of(registry: HokusaiModelRegistry, job_id: str) -> list[Any]:
     return list(
         mlflow.search_logged_models(
             experiment_ids=[registry.experiment_id()],
-            filter_string=f"tags.{TAG_JOB_ID} = '{job_id}'",
+            filter_string=f"tags.{tags.TAG_JOB_ID} = '{job_id}'",
             output_format="list",
         )
     )

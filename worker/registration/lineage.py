@@ -1,7 +1,8 @@
 """Git lineage of training code, for attributing contributions.
 
 The repository is the one that holds the first code path, else the working directory.
-Outside git, or without a git binary, lineage is simply empty.
+Outside git, or without a git binary, lineage is simply empty. The tags it is recorded under are
+``worker.registration.tags.RUN_GIT_TAGS`` and ``VERSION_GIT_TAGS``.
 """
 
 from __future__ import annotations
@@ -11,14 +12,6 @@ import subprocess
 from pathlib import Path
 
 from hokusai_registry.redaction import redact_url
-
-# MLflow's own source tags (shown in its UI) on the run; short tags on the model version.
-RUN_TAGS = {
-    "commit": "mlflow.source.git.commit",
-    "branch": "mlflow.source.git.branch",
-    "repo": "mlflow.source.git.repoURL",
-}
-VERSION_TAGS = {"commit": "git_commit", "branch": "git_branch", "repo": "git_repo"}
 
 
 def git_lineage(code_paths: list[str] | None = None) -> dict[str, str]:
@@ -30,7 +23,7 @@ def git_lineage(code_paths: list[str] | None = None) -> dict[str, str]:
     """
     start = _start_dir(code_paths)
     if _outside_any_repository(start):
-        return {}  # git would find nothing: do not start it (two subprocesses, ~5-10 ms)
+        return {}  # git would find nothing: do not start it (two subprocesses)
     fingerprint = _repository_fingerprint(start)
     if fingerprint is not None and fingerprint in _remembered:
         return dict(_remembered[fingerprint])

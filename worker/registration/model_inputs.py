@@ -14,19 +14,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hokusai_registry.contract import (
-    CONTRIBUTOR_RE,
+    CONTRIBUTOR_HINT,
     METRIC_NAME_HINT,
     MODEL_NAME_RE,
     MODEL_TYPES,
     MODEL_UUID_RE,
     BaselineRef,
+    bad_metric_names,
     encoded_metadata,
-    is_metric_name,
+    is_contributor_address,
     is_plain_path,
     parse_baseline_id,
 )
 from hokusai_registry.errors import InvalidInputError
 from hokusai_registry.json_values import to_json
+from worker.registration import tags
 
 __all__ = ["MODEL_NAME_RE", "MODEL_UUID_RE"]  # re-exported for the registry's lookups
 
@@ -36,8 +38,8 @@ _MAX_PARAM_KEY_CHARS = 250
 
 
 def check_contributor(address: Any) -> None:
-    if not isinstance(address, str) or not CONTRIBUTOR_RE.fullmatch(address):
-        raise InvalidInputError(f"contributor must be 0x followed by 40 hex characters, got {address!r}")
+    if not is_contributor_address(address):
+        raise InvalidInputError(f"contributor {CONTRIBUTOR_HINT}, got {address!r}")
 
 
 def parse_baseline(baseline_id: Any) -> BaselineRef:
@@ -76,21 +78,21 @@ def legacy_run_params(
     ``model_type``, ``is_baseline`` (``"True"`` / ``"False"``), ``registration_time`` (UTC ISO 8601),
     ``metadata_<key>`` for each short scalar metadata value (see :func:`searchable_params`; long or
     nested values stay metadata only), and for improved models ``baseline_model_id``,
-    ``contributor_address`` (lower-case) and ``improvement_count``.
+    ``contributor_address`` (in the case given, as the old class logged it) and ``improvement_count``.
     """
     params = {
-        "model_type": model_type,
-        "is_baseline": str(bool(is_baseline)),
-        "registration_time": datetime.now(UTC).isoformat(),
+        tags.PARAM_MODEL_TYPE: model_type,
+        tags.PARAM_IS_BASELINE: tags.PARAM_TRUE if is_baseline else tags.PARAM_FALSE,
+        tags.PARAM_REGISTRATION_TIME: datetime.now(UTC).isoformat(),
     }
     if baseline_id is not None:
-        params["baseline_model_id"] = baseline_id
+        params[tags.PARAM_BASELINE_ID] = baseline_id
     if contributor is not None:
-        params["contributor_address"] = contributor.lower()
+        params[tags.PARAM_CONTRIBUTOR] = contributor
     if improvement_count is not None:
-        params["improvement_count"] = str(improvement_count)
+        params[tags.PARAM_IMPROVEMENT_COUNT] = str(improvement_count)
     for key, value in searchable_params(metadata).items():
-        name = f"metadata_{key}"
+        name = f"{tags.PARAM_METADATA_PREFIX}{key}"
         if len(name) <= _MAX_PARAM_KEY_CHARS:
             params[name] = value
     return params
@@ -114,7 +116,7 @@ def check_delta_metrics(delta_metrics: Any) -> dict[str, float]:
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"delta_metrics values must be numbers: {exc}") from exc
     # Checked here: MLflow would reject the name only inside the run, leaving a FAILED run behind.
-    bad = [key for key in deltas if not is_metric_name(key)]
+    bad = bad_metric_names(deltas)
     if bad:
         raise InvalidInputError(f"delta_metrics: {METRIC_NAME_HINT}: {bad}")
     return deltas

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Literal
 
 import sqlalchemy
@@ -19,7 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from hokusai_registry.errors import RegistryUnavailableError
 from hokusai_registry.redaction import redact_url
-from hokusai_registry.settings import TRACKING_DATABASE_DIALECTS, database_dialect
+from hokusai_registry.settings import TRACKING_DATABASE_DIALECTS, database_dialect, sqlite_file
 
 #: Seconds to wait for one connection to a database store. MLflow opens one by retrying its first
 #: connection 10 times over ~100 s, inside one task attempt (or a pool process's start-up, which Celery
@@ -31,14 +30,6 @@ VERSION_TABLE = "alembic_version"
 LEFTOVER_PREFIX = "_alembic_tmp_"
 
 Condition = Literal["ready", "not created", "out of date", "newer", "half-migrated"]
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """``sqlite:///path`` → its file; None for other URIs and in-memory databases."""
-    if database_dialect(uri) != "sqlite":
-        return None
-    path = uri.split("://", 1)[1].removeprefix("/").split("?", 1)[0]
-    return Path(path) if path and path != ":memory:" else None
 
 
 def is_sql_store(uri: str) -> bool:

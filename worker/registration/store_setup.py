@@ -23,28 +23,15 @@ import logging
 
 from hokusai_registry.errors import RegistryUnavailableError
 from hokusai_registry.log import logging_kept
-from hokusai_registry.settings import Settings, is_tracking_server
+from hokusai_registry.settings import Settings, sqlite_file
 from worker.registration.store_lock import schema_lock
-from worker.registration.store_schema import StoreState, inspect_store, is_sql_store, sqlite_file
+from worker.registration.store_schema import StoreState, inspect_store, is_sql_store
 
 logger = logging.getLogger(__name__)
 
-#: How long a process waits for another one creating the store (creating one took 1.6 s on
-#: PostgreSQL and 0.9 s on sqlite on a 2-core machine; a loaded one takes several times longer).
+#: How long a process waits for another one creating the store: many times what creating one takes
+#: (bench/results has the figures), so a loaded machine does not time out.
 LOCK_WAIT_S = 120.0
-
-
-def default_artifact_location(tracking_uri: str, settings: Settings) -> str | None:
-    """Where a new experiment keeps artifacts: beside a sqlite file, the server's default, else settings'."""
-    if settings.mlflow_artifact_location:
-        return settings.mlflow_artifact_location
-    path = sqlite_file(tracking_uri)
-    if path is not None:
-        return (path.resolve().parent / "artifacts").as_uri()
-    if is_tracking_server(tracking_uri):
-        # The registry's URI, not MLFLOW_TRACKING_URI: a local folder would strand artifacts on this host.
-        return None
-    return settings.artifact_location
 
 
 def prepare_store(uri: str, *, artifact_root: str | None, lock_wait_s: float = LOCK_WAIT_S) -> StoreState:
@@ -111,14 +98,14 @@ def prepare_worker_store(settings: Settings) -> bool:
     """At a worker's start, before its pool forks: prepare (or check) the store once; True when it is ready.
 
     Never raises, and waits long only for another worker creating the store. A database that does
-    not answer (within 3 s) is a warning: the first job prepares the store, retrying while MLflow is
+    not answer (within ``CONNECT_TIMEOUT_S``) is a warning: the first job prepares the store, retrying while MLflow is
     down. A store the worker must not or cannot prepare is an ERROR naming the fix; its jobs retry.
     """
     database = settings.tracking_database_url
     uri = database or settings.tracking_uri
     try:
         open_for_registry(uri, server_owned=database is not None,
-                          artifact_root=default_artifact_location(uri, settings))  # fmt: skip
+                          artifact_root=settings.artifact_location_for(uri))  # fmt: skip
     except RegistryUnavailableError as exc:
         logger.error("%s. Its jobs are retried until it is usable.", exc)
         return False

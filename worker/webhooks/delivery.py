@@ -8,7 +8,9 @@
   (re-exported here); every attempt checks the URL again.
 * :func:`send_stored_event` is what the ``emit_webhook`` task calls: it attempts a stored event,
   records the attempt, and says what happens next (done, retry after a countdown, deferred to the
-  durable schedule, or dead-lettered).
+  durable schedule, or dead-lettered), as the retry policy (``worker.retry_policy``) decides.
+  The caller may pass ``on_attempt``, called with the HTTP status (None: no answer) of every
+  attempt made: the task layer counts its metrics so, and this module knows nothing of them.
 
 This module never logs secrets or URLs: its lines carry the event id, the status and the attempt.
 (httpx's own request log line passes through ``hokusai_registry.log.RedactUrlFilter``.)
@@ -19,6 +21,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -33,8 +36,7 @@ from hokusai_registry.errors import (
 )
 from hokusai_registry.settings import Settings
 from hokusai_registry.webhook_policy import check_webhook_config, check_webhook_url, webhook_secret
-from worker.metrics import observe_webhook_attempt
-from worker.webhooks.backoff import parse_retry_after, retry_delay
+from worker.retry_policy import parse_retry_after, webhook_retry
 from worker.webhooks.event import WebhookEvent
 from worker.webhooks.signing import signature_headers
 from worker.webhooks.store import EventRecord, EventStore
@@ -45,6 +47,8 @@ __all__ = ["check_webhook_config", "check_webhook_url", "deliver", "send_stored_
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 SendStatus = Literal["delivered", "already_delivered", "retry", "deferred", "dead_lettered", "missing"]
+#: Called after every HTTP attempt with its status code (None: no answer came).
+AttemptObserver = Callable[[int | None], None]
 
 
 @dataclass(frozen=True)
@@ -140,14 +144,21 @@ def _raise_for_status(response: httpx.Response) -> None:
 
 # ---------------------------------------------------------------------- a recorded attempt
 def deliver_and_record(
-    store: EventStore, record: EventRecord, *, settings: Settings, client: httpx.Client | None = None
+    store: EventStore,
+    record: EventRecord,
+    *,
+    settings: Settings,
+    client: httpx.Client | None = None,
+    on_attempt: AttemptObserver | None = None,
 ) -> DeliveryResult:
     """Attempt a stored event at ``WEBHOOK_URL``; record the attempt; mark it delivered on 2xx.
 
     The attempt goes into the event's history with its start time (UTC), its HTTP status or
-    error, and its duration. Shared by :func:`send_stored_event` and ``worker.webhooks.replay``.
-    Raises what :func:`deliver` raises, after recording the failed attempt.
+    error, and its duration, and ``on_attempt`` hears of it. Shared by :func:`send_stored_event`
+    and ``worker.webhooks.replay``. Raises what :func:`deliver` raises, after recording the
+    failed attempt.
     """
+    observe = on_attempt or _ignore_attempt
     if settings.webhook_url is None:
         raise ConfigurationError("WEBHOOK_URL is not set: there is nowhere to send webhook events")
     event = record.event
@@ -162,7 +173,7 @@ def deliver_and_record(
             attempt=record.attempts + 1,
         )
     except (WebhookDeliveryError, WebhookRejectedError) as exc:
-        observe_webhook_attempt(exc.status_code)
+        observe(exc.status_code)
         store.record_attempt(
             event.event_id,
             status_code=exc.status_code,
@@ -171,7 +182,7 @@ def deliver_and_record(
             duration_s=round(time.monotonic() - started, 4),
         )
         raise
-    observe_webhook_attempt(result.status_code)
+    observe(result.status_code)
     store.record_attempt(
         event.event_id, status_code=result.status_code, at=started_at, duration_s=round(result.elapsed_s, 4)
     )
@@ -186,12 +197,13 @@ def send_stored_event(
     settings: Settings,
     client: httpx.Client | None = None,
     rng: random.Random | None = None,
+    on_attempt: AttemptObserver | None = None,
 ) -> SendOutcome:
     """One attempt of a stored, pending event, and the decision that follows it.
 
-    Retryable failures retry after :func:`worker.webhooks.backoff.retry_delay` (never before the server's
-    ``Retry-After``): as a countdown when it is at most ``WEBHOOK_BACKOFF_MAX_S`` (which settings
-    keep below the visibility timeout), else through the durable schedule (``store.defer``).
+    Retryable failures retry as :func:`worker.retry_policy.webhook_retry` says (never before the
+    server's ``Retry-After``): as a countdown when it is at most ``WEBHOOK_BACKOFF_MAX_S`` (which
+    settings keep below the visibility timeout), else through the durable schedule (``store.defer``).
     After ``WEBHOOK_MAX_ATTEMPTS`` attempts, on a permanent rejection, or when the ``WEBHOOK_*``
     settings cannot send it (nothing is sent then), the event is dead-lettered, so an operator
     can replay it once the cause is fixed. Events already delivered or dead-lettered are not
@@ -210,7 +222,7 @@ def send_stored_event(
         return SendOutcome(event_id, status, attempt=record.attempts, reason=record.dead_reason)
     attempt = record.attempts + 1
     try:
-        result = deliver_and_record(store, record, settings=settings, client=client)
+        result = deliver_and_record(store, record, settings=settings, client=client, on_attempt=on_attempt)
     except ConfigurationError as exc:
         reason = f"not sent: {exc}"
         store.dead_letter(event_id, reason)
@@ -232,24 +244,20 @@ def _after_retryable_failure(
     settings: Settings,
     rng: random.Random | None,
 ) -> SendOutcome:
-    if attempt >= settings.webhook_max_attempts:
+    """Carry out the retry policy's decision on the store: dead letter, countdown, or schedule."""
+    decision = webhook_retry(attempt, retry_after_s=exc.retry_after_s, settings=settings, rng=rng)
+    if decision.action == "give_up":
         reason = f"gave up after {attempt} attempts: {exc}"
         store.dead_letter(event_id, reason)
         return SendOutcome(event_id, "dead_lettered", attempt, exc.status_code, reason=reason)
-    retry_after_s = exc.retry_after_s
-    if retry_after_s is not None:  # a receiver may ask for a long wait, not for a forever
-        retry_after_s = min(retry_after_s, settings.webhook_retry_after_max_s)
-    delay_s = retry_delay(
-        attempt,
-        retry_after_s=retry_after_s,
-        base_s=settings.webhook_backoff_base_s,
-        max_s=settings.webhook_backoff_max_s,
-        rng=rng,
-    )
-    if delay_s <= settings.webhook_backoff_max_s:
+    if decision.action == "countdown":
         store.undefer(event_id)  # the Celery retry holds it now (and Redis redelivers it if a worker dies)
-        return SendOutcome(event_id, "retry", attempt, exc.status_code, countdown_s=delay_s, reason=str(exc))
-    due_at = datetime.now(UTC) + timedelta(seconds=delay_s)
+        return SendOutcome(event_id, "retry", attempt, exc.status_code, countdown_s=decision.delay_s, reason=str(exc))
+    due_at = datetime.now(UTC) + timedelta(seconds=decision.delay_s)
     store.defer(event_id, due_at)
     logger.info("webhook %s attempt %s deferred to the durable schedule", event_id, attempt)
     return SendOutcome(event_id, "deferred", attempt, exc.status_code, due_at=due_at, reason=str(exc))
+
+
+def _ignore_attempt(status_code: int | None) -> None:
+    """The default ``on_attempt``: nobody counts."""

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from hokusai_registry.contract import RegistrationJob
-from hokusai_registry.errors import InvalidInputError, InvalidJobError
+from hokusai_registry.contract import RegistrationJob, parse_signature_dict
+from hokusai_registry.errors import InvalidInputError, InvalidJobError, SignatureError
 from worker.registration.signatures import api_schema, parse_signature
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def build_event(result: Mapping[str, Any], job: RegistrationJob, *, now: datetim
         InvalidJobError: the job has no ``token_id`` (check :func:`skip_reason` first).
         InvalidInputError: the result lacks ``model_name`` or ``version``, or holds a value
             that is not JSON.
-        SignatureError: the result's signature is malformed.
+        SignatureError: (an ``InvalidInputError``) the result's signature is not JSON or is malformed.
     """
     if not job.token_id:
         raise InvalidJobError("job has no token_id; call skip_reason() before build_event()")
@@ -141,19 +141,17 @@ def _model_fields(result: Mapping[str, Any], job: RegistrationJob) -> dict[str, 
 def _signature_dict(signature: Any) -> dict[str, Any] | None:
     """The ``to_dict()`` form from a result's JSON string (or dict), without null entries.
 
+    Parsed and checked by the contract's one rule (:func:`parse_signature_dict`).
     ``ModelSignature.to_dict()`` writes ``"outputs": null`` / ``"params": null`` for absent
     parts; ``from_dict`` reads a missing key the same way, and the contract sends no nulls.
     """
-    if signature is None or signature == "":
+    try:
+        parsed = parse_signature_dict(signature)
+    except ValueError as exc:
+        raise SignatureError(f"the result's signature {exc}") from exc
+    if parsed is None:
         return None
-    if isinstance(signature, str):
-        try:
-            signature = json.loads(signature)
-        except ValueError as exc:
-            raise InvalidInputError(f"the result's signature is not JSON: {exc}") from exc
-    if not isinstance(signature, dict):
-        raise InvalidInputError(f"the result's signature must be a JSON object, not {type(signature).__name__}")
-    return {key: value for key, value in signature.items() if value is not None}
+    return {key: value for key, value in parsed.items() if value is not None}
 
 
 def _required(result: Mapping[str, Any], key: str) -> str:

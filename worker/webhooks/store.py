@@ -1,22 +1,18 @@
 """Durable webhook events in Redis: the stored event, its attempts, dead letters and deferred retries.
 
 An event is saved *before* its first attempt and every attempt or replay sends the stored bytes,
-so the body and the idempotency key never change. Layout (``<p>`` is the key prefix)::
-
-    <p>:webhook:event:<event_id>   hash  event (JSON: id, base64 body, created_at, name, version,
-                                         job_id), state, attempts, first/last_attempt_at,
-                                         last_status_code, last_error, dead_reason,
-                                         dead_lettered_at, delivered_at, and the history:
-                                         attempt:<n> → {at, status_code, error, duration_s}
-                                         (JSON) for the last MAX_ATTEMPT_HISTORY attempts
-    <p>:webhook:job:<job_id>       string  the event id of the job's event (``jobs status``)
-    <p>:webhook:dead_letters       hash  event_id → DeadLetter (JSON)    } a RecordStore, the layout
-    <p>:webhook:dead_letters:by_time zset event_id → dead-letter time    } of failed jobs and quarantine
-    <p>:webhook:deferred           zset  event_id → due time (Unix seconds)
+so the body and the idempotency key never change. Keys (``hokusai_registry.keys.WebhookKeys``,
+whose docstring lists them with their types): the event hash, the job's event id, the dead
+letters (a ``RecordStore``, the layout of failed jobs and quarantine) and the deferred schedule.
+The event hash holds ``event`` (JSON: id, base64 body, created_at, name, version, job_id),
+``state``, ``attempts``, ``first/last_attempt_at``, ``last_status_code``, ``last_error``,
+``dead_reason``, ``dead_lettered_at``, ``delivered_at`` and the history: ``attempt:<n>`` →
+``{at, status_code, error, duration_s}`` (JSON) for the last ``MAX_ATTEMPT_HISTORY`` attempts.
 
 Times are stored as timezone-aware UTC ISO-8601 text. Delivered events (and their job's key)
 expire after ``delivered_ttl_s``; dead letters stay until replayed or removed (at most
-``records.DEFAULT_MAX_RECORDS``, like every record store). Redis failures are raised as
+``records.DEFAULT_MAX_RECORDS``, like every record store). Build a store from the settings with
+:meth:`EventStore.for_settings` (the worker and the CLI alike). Redis failures are raised as
 ``BrokerUnavailableError`` (a refused password as ``ConfigurationError``), by the one translation
 of ``hokusai_registry.redis_client``.
 """
@@ -24,20 +20,19 @@ of ``hokusai_registry.redis_client``.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
+from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, ConfigDict
 
 from hokusai_registry.errors import InvalidInputError
+from hokusai_registry.keys import PREFIX, WebhookKeys
 from hokusai_registry.records import RecordStore
-from hokusai_registry.redis_client import connect, describe, redis_boundary
+from hokusai_registry.redis_client import connect, redis_method
 from hokusai_registry.settings import Settings
 from worker.webhooks.event import WebhookEvent
 
@@ -49,9 +44,8 @@ MAX_CLAIM = 1000
 #: Attempts kept per event in its history (``webhooks show``); older ones are only counted.
 MAX_ATTEMPT_HISTORY = 20
 _ATTEMPT_FIELD = "attempt:"
-
-P = ParamSpec("P")
-R = TypeVar("R")
+#: Every method that reads or writes Redis runs inside redis_client's one error translation.
+_using_redis = redis_method("using the webhook event store")
 
 # Counts an attempt only on an existing event, so a removed event is not half re-created; adds it
 # to the history as field ARGV[5]..n and drops the one that falls out of the last ARGV[6].
@@ -152,62 +146,54 @@ class EventRecord:
         return summary
 
 
-def _redis_boundary(method: Callable[Concatenate[EventStore, P], R]) -> Callable[Concatenate[EventStore, P], R]:
-    """The one Redis error translation (``redis_client.redis_boundary``), naming the server and the store."""
-
-    @functools.wraps(method)
-    def wrapper(self: EventStore, *args: P.args, **kwargs: P.kwargs) -> R:
-        with redis_boundary(describe(self.client), "using the webhook event store"):
-            return method(self, *args, **kwargs)
-
-    return wrapper
-
-
 class EventStore:
     """Webhook events, dead letters and the deferred-retry schedule in one Redis database.
 
     Args:
         client: a ``redis.Redis`` (with or without ``decode_responses``).
-        prefix: first part of every key.
+        prefix: first part of every key (``hokusai_registry.keys.WebhookKeys``).
         delivered_ttl_s: how long a delivered event is kept (a re-run task then sees it delivered).
     """
 
     def __init__(
-        self, client: redis.Redis, *, prefix: str = "hokusai", delivered_ttl_s: int = DEFAULT_DELIVERED_TTL_S
+        self, client: redis.Redis, *, prefix: str = PREFIX, delivered_ttl_s: int = DEFAULT_DELIVERED_TTL_S
     ) -> None:
         self.client = client
         self.prefix = prefix
+        self.keys = WebhookKeys(prefix)
         self.delivered_ttl_s = delivered_ttl_s
         self.dead_letters: RecordStore[DeadLetter] = RecordStore(
             client,
-            f"{prefix}:webhook:dead_letters",
+            self.keys.dead_letters,
             DeadLetter,
             id_field="event_id",
             time_field="dead_lettered_at",
             label="dead-lettered webhook events",
         )
-        self._deferred_key = f"{prefix}:webhook:deferred"
         self._record_attempt = client.register_script(_RECORD_ATTEMPT)
         self._claim_due = client.register_script(_CLAIM_DUE)
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> EventStore:
-        """The store on ``REDIS_URL``, delivered events kept as long as results (``RESULT_EXPIRES_S``)."""
-        return cls(connect(settings.redis_url), delivered_ttl_s=settings.result_expires_s)
+    def for_settings(cls, settings: Settings, client: redis.Redis | None = None) -> EventStore:
+        """The one factory: the store on ``client`` (default: a new one on ``REDIS_URL``), delivered
+        events kept as long as results (``RESULT_EXPIRES_S``). Workers pass their process's client.
+        """
+        client = client if client is not None else connect(settings.redis_url)
+        return cls(client, delivered_ttl_s=settings.result_expires_s)
 
     # ------------------------------------------------------------------ events
-    @_redis_boundary
+    @_using_redis
     def save_if_absent(self, event: WebhookEvent) -> WebhookEvent:
         """Store ``event`` unless one with its id exists; return the stored one either way.
 
         A task run twice therefore sends the first build's bytes and timestamp, not a new one.
         """
-        key = self._event_key(event.event_id)
+        key = self.keys.event(event.event_id)
         pipe = self.client.pipeline(transaction=True)
         pipe.hsetnx(key, "event", _encode_event(event))
         pipe.hsetnx(key, "state", "pending")
         if event.job_id is not None:  # nx: an existing key keeps its expiry
-            pipe.set(self._job_key(event.job_id), event.event_id, nx=True)
+            pipe.set(self.keys.job(event.job_id), event.event_id, nx=True)
         created = pipe.execute()[0]
         if created:
             logger.info("webhook event %s stored", event.event_id)
@@ -215,28 +201,28 @@ class EventStore:
         stored = self.get(event.event_id)
         return stored.event if stored is not None else event  # None only if it expired just now
 
-    @_redis_boundary
+    @_using_redis
     def get(self, event_id: str) -> EventRecord | None:
         """The stored event with its history, or None when unknown (or expired after delivery)."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.hgetall(self._event_key(event_id))
-        pipe.zscore(self._deferred_key, event_id)
+        pipe.hgetall(self.keys.event(event_id))
+        pipe.zscore(self.keys.deferred, event_id)
         fields, due = pipe.execute()
         if not fields:
             return None
         return _decode_record({_text(k): _text(v) for k, v in fields.items()}, due)
 
-    @_redis_boundary
+    @_using_redis
     def get_for_job(self, job_id: str) -> EventRecord | None:
         """The event of job ``job_id``, or None when it has none (yet, or any more)."""
-        event_id = self.client.get(self._job_key(job_id))
+        event_id = self.client.get(self.keys.job(job_id))
         if event_id is not None:
             return self.get(_text(event_id))
         # an event stored before the job key existed: its dead letter names the job
         letters = [letter for letter in self.dead_letters.list() if letter.job_id == job_id]
         return self.get(letters[-1].event_id) if letters else None
 
-    @_redis_boundary
+    @_using_redis
     def record_attempt(
         self,
         event_id: str,
@@ -256,7 +242,7 @@ class EventStore:
         entry = {"at": moment, "status_code": status_code, "error": error, "duration_s": duration_s}
         attempts = int(
             self._record_attempt(
-                keys=[self._event_key(event_id)],
+                keys=[self.keys.event(event_id)],
                 args=[
                     moment,
                     "" if status_code is None else str(status_code),
@@ -271,21 +257,21 @@ class EventStore:
             raise InvalidInputError(f"no stored webhook event {event_id}")
         return attempts
 
-    @_redis_boundary
+    @_using_redis
     def mark_delivered(self, event_id: str, *, at: datetime | None = None) -> None:
         """Mark delivered: leave the dead letters and the schedule, expire after ``delivered_ttl_s``."""
         key, job_id = self._require_with_job(event_id)
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, mapping={"state": "delivered", "delivered_at": _iso(at)})
         self.dead_letters.remove_in(pipe, event_id)
-        pipe.zrem(self._deferred_key, event_id)
+        pipe.zrem(self.keys.deferred, event_id)
         pipe.expire(key, self.delivered_ttl_s)
         if job_id is not None:
-            pipe.expire(self._job_key(job_id), self.delivered_ttl_s)
+            pipe.expire(self.keys.job(job_id), self.delivered_ttl_s)
         pipe.execute()
 
     # ------------------------------------------------------------------ dead letters
-    @_redis_boundary
+    @_using_redis
     def dead_letter(self, event_id: str, reason: str, *, at: datetime | None = None) -> None:
         """Keep an event that could not be delivered, with ``reason``, until replayed or removed."""
         key = self._require(event_id)
@@ -304,53 +290,53 @@ class EventStore:
         pipe.hset(key, mapping={"state": "dead", "dead_reason": reason, "dead_lettered_at": _iso(moment)})
         pipe.persist(key)
         if stored.event.job_id is not None:
-            pipe.set(self._job_key(stored.event.job_id), event_id)  # kept as long as the dead letter
+            pipe.set(self.keys.job(stored.event.job_id), event_id)  # kept as long as the dead letter
         self.dead_letters.put_in(pipe, letter)
-        pipe.zrem(self._deferred_key, event_id)
+        pipe.zrem(self.keys.deferred, event_id)
         pipe.execute()
         self.dead_letters.trim()
         logger.warning("webhook event %s dead-lettered", event_id)
 
-    @_redis_boundary
+    @_using_redis
     def list_dead_letters(self, since: datetime | None = None) -> list[EventRecord]:
         """Dead letters, oldest first; with ``since``, only those dead-lettered at or after it."""
         records = [self.get(letter.event_id) for letter in self.dead_letters.list(since)]
         return [record for record in records if record is not None]
 
-    @_redis_boundary
+    @_using_redis
     def counts(self) -> tuple[int, int]:
         """(dead letters, events waiting in the durable schedule), right now (the metrics read it)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.zcard(self.dead_letters.index_key)
-        pipe.zcard(self._deferred_key)
+        pipe.zcard(self.keys.deferred)
         dead, deferred = pipe.execute()
         return int(dead), int(deferred)
 
-    @_redis_boundary
+    @_using_redis
     def remove_dead_letter(self, event_id: str) -> bool:
         """Discard a dead letter for good; False when ``event_id`` is not one."""
         stored = self.get(event_id)
         if not self.dead_letters.remove(event_id):
             return False
-        self.client.delete(self._event_key(event_id))
+        self.client.delete(self.keys.event(event_id))
         if stored is not None and stored.event.job_id is not None:
-            self.client.delete(self._job_key(stored.event.job_id))
+            self.client.delete(self.keys.job(stored.event.job_id))
         logger.info("dead letter %s removed", event_id)
         return True
 
     # ------------------------------------------------------------------ deferred retries
-    @_redis_boundary
+    @_using_redis
     def defer(self, event_id: str, due_at: datetime) -> None:
         """Schedule a retry at ``due_at`` durably (for waits too long for a Celery countdown)."""
         self._require(event_id)
-        self.client.zadd(self._deferred_key, {event_id: _utc(due_at).timestamp()})
+        self.client.zadd(self.keys.deferred, {event_id: _utc(due_at).timestamp()})
 
-    @_redis_boundary
+    @_using_redis
     def undefer(self, event_id: str) -> None:
         """Take an event off the schedule (a Celery retry holds it now, or it needs no retry)."""
-        self.client.zrem(self._deferred_key, event_id)
+        self.client.zrem(self.keys.deferred, event_id)
 
-    @_redis_boundary
+    @_using_redis
     def claim_due(self, now: datetime | None = None, limit: int = 100, *, lease_s: float = 300) -> list[str]:
         """Claim up to ``limit`` events due at ``now`` (oldest due first) for ``lease_s`` seconds.
 
@@ -362,24 +348,18 @@ class EventStore:
             raise InvalidInputError(f"limit must be between 1 and {MAX_CLAIM}, got {limit}")
         if lease_s <= 0:
             raise InvalidInputError(f"lease_s must be positive, got {lease_s}")
-        claimed = self._claim_due(keys=[self._deferred_key], args=[_utc(now).timestamp(), limit, lease_s])
+        claimed = self._claim_due(keys=[self.keys.deferred], args=[_utc(now).timestamp(), limit, lease_s])
         return [_text(item) for item in claimed]
 
     # ------------------------------------------------------------------ internals
-    def _event_key(self, event_id: str) -> str:
-        return f"{self.prefix}:webhook:event:{event_id}"
-
-    def _job_key(self, job_id: str) -> str:
-        return f"{self.prefix}:webhook:job:{job_id}"
-
     def _require(self, event_id: str) -> str:
-        key = self._event_key(event_id)
+        key = self.keys.event(event_id)
         if not self.client.hexists(key, "event"):
             raise InvalidInputError(f"no stored webhook event {event_id}")
         return key
 
     def _require_with_job(self, event_id: str) -> tuple[str, str | None]:
-        key = self._event_key(event_id)
+        key = self.keys.event(event_id)
         encoded = self.client.hget(key, "event")
         if encoded is None:
             raise InvalidInputError(f"no stored webhook event {event_id}")
