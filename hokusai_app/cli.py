@@ -19,8 +19,11 @@ from typing import IO, Any
 
 import click
 
+from hokusai_app.cli_backlog import backlog
 from hokusai_app.cli_base import SINCE_HELP, Group, echo_json, exit_with, load_settings, note, since_option
 from hokusai_app.cli_jobs import jobs
+from hokusai_app.cli_outbox import outbox
+from hokusai_app.cli_reconcile import reconcile as webhooks_reconcile
 from hokusai_app.exit_codes import ExitCode, help_table
 from hokusai_registry.contract import MODEL_TYPES, job_json_schema
 from hokusai_registry.errors import ConfigurationError, NotFoundError
@@ -35,6 +38,8 @@ def main() -> None:
 
 
 main.add_command(jobs)
+main.add_command(outbox)
+main.add_command(backlog)
 
 
 @main.command()
@@ -204,11 +209,98 @@ def webhooks_new_secret() -> None:
     click.echo(new_secret())
 
 
+@webhooks.command("rotate-secret")
+@click.option("--endpoint", "endpoint_name", default="default", show_default=True, help="The endpoint to rotate.")
+@click.option("--keep-old-for", "keep_old_s", type=float, default=24 * 3600.0, show_default=True,
+              help="Seconds the old secret(s) keep signing beside the new one.")  # fmt: skip
+def webhooks_rotate_secret(endpoint_name: str, keep_old_s: float) -> None:
+    """Give an endpoint a new primary secret; the old one keeps signing until its expiry.
+
+    With WEBHOOK_ENDPOINTS_FILE the file is rewritten (workers read it on every attempt); with the
+    WEBHOOK_SECRET shorthand, the two lines to set are printed. Prints the new secret: give it to the receiver.
+    """
+    from datetime import UTC, timedelta
+
+    from hokusai_registry.webhook_policy import new_secret, webhook_secret
+    from worker.webhooks.endpoints import rotate_secret
+
+    settings = load_settings()
+    if settings.webhook_endpoints_file is not None:
+        click.echo(rotate_secret(settings.webhook_endpoints_file, endpoint_name, keep_old_s=keep_old_s))
+        note(f"endpoint {endpoint_name}: new primary secret written; the old one(s) sign for {keep_old_s:g} s more")
+        return
+    old = webhook_secret(settings)
+    if old is None:
+        raise click.UsageError("no WEBHOOK_SECRET to rotate: set one (hokusai-registry webhooks new-secret)")
+    expiry = (datetime.now(UTC) + timedelta(seconds=keep_old_s)).isoformat()
+    click.echo(f"WEBHOOK_SECRET={new_secret()}")
+    click.echo(f"WEBHOOK_PREVIOUS_SECRETS={old}@{expiry}")
+    note("set both lines in the workers' environment (or their *_FILE files) and restart them")
+
+
+@webhooks.group("endpoints", cls=Group)
+def webhooks_endpoints() -> None:
+    """The configured webhook endpoints and their run-time state (disabled, failing)."""
+
+
+def _endpoint_view(name: str) -> dict[str, Any]:
+    from hokusai_registry.webhook_policy import endpoint_named
+    from worker.webhooks.endpoints import EndpointStates
+
+    endpoint = endpoint_named(load_settings(), name)
+    if endpoint is None:
+        raise NotFoundError(f"no webhook endpoint {name!r} is configured")
+    store = _event_store()
+    state = EndpointStates.of(store).get(name)
+    return {**endpoint.describe(), **state.as_dict(), "held": len(store.held(name)),
+            "enabled": endpoint.enabled and state.disabled_at is None}  # fmt: skip
+
+
+@webhooks_endpoints.command("list")
+def webhooks_endpoints_list() -> None:
+    """Every configured endpoint with its state, as JSON (never its secrets)."""
+    from hokusai_registry.webhook_policy import configured_endpoints
+
+    echo_json([_endpoint_view(endpoint.name) for endpoint in configured_endpoints(load_settings())])
+
+
+@webhooks_endpoints.command("show")
+@click.argument("name")
+def webhooks_endpoints_show(name: str) -> None:
+    """One endpoint with its state and how many deliveries it holds."""
+    echo_json(_endpoint_view(name))
+
+
+@webhooks_endpoints.command("disable")
+@click.argument("name")
+@click.option("--reason", default="disabled by an operator", show_default=True)
+def webhooks_endpoints_disable(name: str, reason: str) -> None:
+    """Disable an endpoint: its deliveries are held (kept) until it is enabled."""
+    from worker.webhooks.endpoints import EndpointStates
+
+    _endpoint_view(name)  # it must exist
+    EndpointStates.of(_event_store()).disable(name, reason)
+    note(f"endpoint {name} disabled; its events are kept")
+
+
+@webhooks_endpoints.command("enable")
+@click.argument("name")
+def webhooks_endpoints_enable(name: str) -> None:
+    """Enable an endpoint again; its held deliveries are sent, oldest first."""
+    from worker.webhooks.endpoints import enable
+
+    _endpoint_view(name)
+    released = enable(_event_store(), name)
+    echo_json({"endpoint": name, "released": released})
+    note(f"endpoint {name} enabled; {released} held deliveries released, oldest first")
+
+
 @webhooks.command("failed")
 @click.option("--since", callback=since_option, help=f"Only those dead-lettered at/after this time. {SINCE_HELP}")
-def webhooks_failed(since: datetime | None) -> None:
+@click.option("--endpoint", "endpoint_name", default=None, help="Only this endpoint's dead letters.")
+def webhooks_failed(since: datetime | None, endpoint_name: str | None) -> None:
     """List dead-lettered webhook events, oldest first, as JSON (without bodies)."""
-    records = _event_store().list_dead_letters(since)
+    records = _event_store().list_dead_letters(since, endpoint=endpoint_name)
     echo_json([record.as_dict() for record in records])
     note(f"{len(records)} undelivered webhook event(s)")
 
@@ -221,7 +313,7 @@ def webhooks_show(event_id: str) -> None:
     The history lists each attempt (UTC time, HTTP status or error, duration), the last
     MAX_ATTEMPT_HISTORY of them (older ones are counted in "attempts" but not kept).
     """
-    from worker.webhooks.store import MAX_ATTEMPT_HISTORY
+    from worker.webhooks.delivery_records import MAX_ATTEMPT_HISTORY
 
     record = _event_store().get(event_id)
     if record is None:
@@ -238,7 +330,10 @@ def webhooks_show(event_id: str) -> None:
 @click.argument("event_ids", nargs=-1)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter (with --since: only recent ones).")
 @click.option("--since", callback=since_option, help=f"With --all: only those dead-lettered at/after it. {SINCE_HELP}")
-def webhooks_replay(event_ids: tuple[str, ...], replay_all: bool, since: datetime | None) -> None:
+@click.option("--endpoint", "endpoint_name", default=None, help="Only this endpoint's dead letters.")
+def webhooks_replay(
+    event_ids: tuple[str, ...], replay_all: bool, since: datetime | None, endpoint_name: str | None
+) -> None:
     """Send dead letters again (same body, same idempotency key); delivered ones are removed.
 
     Exits 1 when any event still could not be delivered (it stays a dead letter).
@@ -255,7 +350,9 @@ def webhooks_replay(event_ids: tuple[str, ...], replay_all: bool, since: datetim
 
     settings = load_settings()
     check_webhook_config(settings)  # the same rules as the worker's start-up check
-    report = replay_dead_letters(_event_store(), settings=settings, event_ids=event_ids or None, since=since)
+    report = replay_dead_letters(
+        _event_store(), settings=settings, event_ids=event_ids or None, since=since, endpoint=endpoint_name
+    )
     echo_json({"delivered": report.delivered, "already_delivered": report.already_delivered, "failed": report.failed})
     already = f", {len(report.already_delivered)} already delivered before" if report.already_delivered else ""
     note(f"{len(report.delivered)} delivered{already}, {len(report.failed)} still undelivered")
@@ -320,6 +417,8 @@ def _use_checkout() -> None:
         "the installed package does not ship): clone it and run ./scripts/demo.sh from there"
     )
 
+
+webhooks.add_command(webhooks_reconcile)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

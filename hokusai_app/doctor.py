@@ -15,9 +15,11 @@ from typing import Literal
 
 from hokusai_registry.contract import CELERY_WIRE_SETTINGS
 from hokusai_registry.errors import ConfigurationError
+from hokusai_registry.outbox import outbox_summary
 from hokusai_registry.redaction import redact_url, scrub
 from hokusai_registry.redis_client import connect
-from hokusai_registry.settings import Settings, is_tracking_server
+from hokusai_registry.settings import Settings
+from hokusai_registry.store_uris import is_tracking_server
 from worker.registration.store_schema import StoreState, inspect_store, is_sql_store
 
 Status = Literal["ok", "warn", "fail"]
@@ -186,9 +188,23 @@ def check_backlog(settings: Settings) -> Check:
     return Check("backlog", "ok", "no failed jobs, no undelivered webhooks, no quarantined messages")
 
 
+def check_outbox(settings: Settings) -> Check:
+    """Jobs producers sharing this outbox spooled while Redis was unreachable (the folder is only listed)."""
+    folder = settings.outbox_dir
+    try:
+        depth, oldest_at = outbox_summary(folder)
+    except OSError as exc:
+        return Check("outbox", "warn", f"cannot list {folder}: {exc}")
+    if oldest_at is None:
+        return Check("outbox", "ok", f"no job waits in {folder}")
+    detail = f"{depth} job(s) spooled in {folder}, the oldest since {oldest_at.isoformat()}"
+    fix = "send them with `hokusai-registry outbox flush` (the next successful enqueue sends them too)"
+    return Check("outbox", "warn", detail, fix)
+
+
 CHECKS: tuple[Callable[[Settings], Check | None], ...] = (
     check_redis, check_mlflow, check_tracking_database, check_served_artifacts, check_webhooks, check_workers,
-    check_backlog,
+    check_backlog, check_outbox,
 )  # fmt: skip
 #: Checks that only read Redis: when it does not answer they are not tried (each would wait for it again).
 NEEDS_REDIS = (check_workers, check_backlog)

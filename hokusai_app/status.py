@@ -1,4 +1,7 @@
-"""``hokusai-registry jobs status``: the producer's view of a job, with its webhook's delivery from the event store."""
+"""``hokusai-registry jobs status``: the producer's view of a job, with its webhook's delivery from the event store.
+
+A job still in the outbox reads ``SPOOLED``.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +22,14 @@ def full_status(job_id: str, settings: Settings) -> dict[str, Any]:
     webhook's ``state``: delivered (by the task or a replay) is ``SUCCESS`` with ``delivered_at``;
     dead-lettered is ``FAILURE`` with the reason and the replay command; pending keeps the task's
     state (``RETRY`` while a retry waits). ``event_id`` and ``delivery`` (the store's state) are added.
+    A job that waits in this host's outbox reads ``SPOOLED`` and nothing is asked of Redis (it has no event yet).
     """
-    from producers.enqueue import job_status
+    from producers.enqueue import SPOOLED, job_status
     from worker.webhooks.store import EventStore
 
     status = job_status(job_id, settings)
+    if status["state"] == SPOOLED:
+        return status
     record = EventStore.for_settings(settings).get_for_job(status["job_id"])
     if record is None:
         return status

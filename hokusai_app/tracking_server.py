@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from hokusai_registry.errors import ConfigurationError
-from hokusai_registry.settings import with_password
+from hokusai_registry.store_uris import with_password
 
 
 def postgres_password(environ: Mapping[str, str]) -> str:

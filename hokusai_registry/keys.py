@@ -20,6 +20,15 @@ gives it another), ``<id>`` a job id (a UUID) or an event id::
     <p>:webhook:dead_letters         hash    event_id -> DeadLetter (JSON)     } a RecordStore
     <p>:webhook:dead_letters:by_time zset    event_id -> dead-lettered at (Unix s)
     <p>:webhook:deferred             zset    event_id -> due time (Unix s): the durable retry schedule
+    <p>:webhook:held:<endpoint>      zset    event_id -> created at (Unix s): deliveries kept while the
+                                             endpoint is disabled, released oldest first on enable
+    <p>:webhook:order:<endpoint>:<model>  zset  event_id -> version: the model's undelivered versions
+                                             to that endpoint (a later one waits for an earlier one)
+    <p>:webhook:endpoint:<endpoint>  hash    disabled_at, disabled_reason, failing_since, last_success_at
+    <p>:webhook:disabled_endpoints   zset    endpoint name -> disabled at (Unix s)
+
+Webhook ``event_id`` members above are delivery ids: the event id itself for the ``default``
+endpoint (every event stored before endpoints existed), ``<event_id>@<endpoint>`` for the others.
 
 The task queues are Redis lists too, but their layout is kombu's, not ours: the queue names
 (``hokusai.registrations``, ``hokusai.webhooks``) are part of the wire contract
@@ -74,6 +83,7 @@ class WebhookKeys:
         self.prefix = prefix
         self.dead_letters = f"{prefix}:webhook:dead_letters"
         self.deferred = f"{prefix}:webhook:deferred"
+        self.disabled_endpoints = f"{prefix}:webhook:disabled_endpoints"
 
     def event(self, event_id: str) -> str:
         """The hash of one stored event."""
@@ -82,3 +92,15 @@ class WebhookKeys:
     def job(self, job_id: str) -> str:
         """The id of the event of job ``job_id``."""
         return f"{self.prefix}:webhook:job:{job_id}"
+
+    def held(self, endpoint: str) -> str:
+        """The deliveries kept for ``endpoint`` while it is disabled."""
+        return f"{self.prefix}:webhook:held:{endpoint}"
+
+    def order(self, endpoint: str, model_name: str) -> str:
+        """The undelivered versions of ``model_name`` to ``endpoint``, by version."""
+        return f"{self.prefix}:webhook:order:{endpoint}:{model_name}"
+
+    def endpoint_state(self, endpoint: str) -> str:
+        """The runtime state of ``endpoint`` (disabled, failing since, last success)."""
+        return f"{self.prefix}:webhook:endpoint:{endpoint}"

@@ -14,7 +14,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -25,7 +25,14 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from hokusai_registry.webhook_policy import url_shape_problem
+from hokusai_registry.store_uris import (
+    TRACKING_DATABASE_DIALECTS,
+    database_dialect,
+    is_tracking_server,
+    sqlite_file,
+    with_password,
+)
+from hokusai_registry.webhook_settings import WebhookSettings
 
 #: Schemes MLflow's artifact repositories read, accepted for ``artifact_uri`` by default.
 DEFAULT_ARTIFACT_SCHEMES = (
@@ -40,45 +47,6 @@ DEFAULT_ARTIFACT_SCHEMES = (
     "hdfs",
     "dbfs",
 )
-
-
-#: SQLAlchemy dialects of an MLflow backend store that workers may write directly (not sqlite: a
-#: file on the server's host).
-TRACKING_DATABASE_DIALECTS = ("postgresql", "mysql", "mssql")
-
-
-def database_dialect(uri: str) -> str:
-    """``postgresql+psycopg2://...`` → ``postgresql``: the SQLAlchemy dialect, without the driver."""
-    return urlsplit(uri).scheme.split("+", 1)[0].lower()
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """``sqlite:///path`` → its file; None for other URIs and in-memory databases."""
-    if database_dialect(uri) != "sqlite":
-        return None
-    path = uri.split("://", 1)[1].removeprefix("/").split("?", 1)[0]
-    return Path(path) if path and path != ":memory:" else None
-
-
-def with_password(url: str, password: str) -> str:
-    """``url`` with ``password`` in its user-info, unless it has one already (or ``password`` is empty).
-
-    >>> with_password("redis://redis:6379/0", "p@ss")
-    'redis://:p%40ss@redis:6379/0'
-    >>> with_password("postgresql://mlflow@postgres/mlflow", "pw")
-    'postgresql://mlflow:pw@postgres/mlflow'
-    """
-    parts = urlsplit(url)
-    if not password or parts.password is not None:
-        return url
-    user = quote(parts.username, safe="") if parts.username else ""
-    netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def is_tracking_server(uri: str) -> bool:
-    """True for an ``http(s)://`` MLflow tracking server, False for a local store (sqlite, file)."""
-    return uri.startswith(("http://", "https://"))
 
 
 class FileVariables(PydanticBaseSettingsSource):
@@ -108,7 +76,7 @@ class FileVariables(PydanticBaseSettingsSource):
         return values
 
 
-class Settings(BaseSettings):
+class Settings(WebhookSettings):
     """All configuration of producers, workers and the CLI. See ``docs/configuration.md``.
 
     Every variable may also be given as ``<NAME>_FILE``, the path of a file holding the value.
@@ -176,6 +144,9 @@ class Settings(BaseSettings):
         description="Producers: http(s) URL of the stack's MLflow tracking server; save_and_enqueue then "
         "uploads models to its served artifacts instead of a staging folder.",
     )
+    hokusai_outbox: bool = Field(default=True, description="Producers: spool jobs Redis cannot take (false: raise).")
+    hokusai_outbox_dir: Path | None = Field(default=None, description="Producers: the outbox; $HOKUSAI_HOME/outbox.")
+    hokusai_outbox_flush_s: float = Field(default=1.0, ge=0, description="Producers: outbox flush budget (0: none).")
 
     # --- job intake ----------------------------------------------------------------------
     allowed_artifact_schemes: Annotated[list[str], NoDecode] = Field(
@@ -213,30 +184,6 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a staged model folder is kept after its job was given up (for `jobs retry`), "
         "or after it was saved when Redis no longer knows its job; a registered job's folder goes at once.",
-    )
-
-    # --- webhooks ------------------------------------------------------------------------
-    webhook_url: str | None = Field(default=None, description="Marketplace endpoint; unset: no webhook.")
-    webhook_secret: SecretStr | None = Field(default=None, description="HMAC secret, whsec_<base64>.")
-    webhook_allow_unsigned: bool = Field(default=False, description="Development only: send unsigned.")
-    webhook_allow_plaintext_secret: bool = Field(
-        default=False,
-        description="Accept a WEBHOOK_SECRET that is not whsec_<base64> (Standard Webhooks libraries cannot "
-        "verify its webhook-signature); make one with `hokusai-registry webhooks new-secret`.",
-    )
-    webhook_allow_http: bool = Field(default=False, description="Allow http:// endpoints (local receivers).")
-    webhook_connect_timeout_s: float = Field(default=5.0, gt=0, description="Connect timeout of one attempt.")
-    webhook_read_timeout_s: float = Field(default=15.0, gt=0, description="Read timeout of one attempt.")
-    webhook_max_attempts: int = Field(default=10, ge=1, description="Attempts before an event is dead-lettered.")
-    webhook_backoff_base_s: float = Field(default=2.0, gt=0, description="First retry wait of a failed delivery.")
-    webhook_backoff_max_s: float = Field(
-        default=600.0, gt=0, description="Cap of one in-memory retry wait; longer waits use the durable schedule."
-    )
-    webhook_retry_after_max_s: float = Field(
-        default=86_400.0, gt=0, description="Longest Retry-After honoured; a longer one waits this long instead."
-    )
-    webhook_schedule_poll_s: float = Field(
-        default=5.0, gt=0, description="How often each worker hands due deferred webhook retries to a task."
     )
 
     # --- metrics -------------------------------------------------------------------------
@@ -303,16 +250,6 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str) -> str:
         if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
-        return value
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _check_webhook_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        problem = url_shape_problem(value)  # http vs https is WEBHOOK_ALLOW_HTTP's, checked at start-up
-        if problem:
-            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -409,6 +346,11 @@ class Settings(BaseSettings):
     def staging_dir(self) -> Path:
         """Where producers on this host save models before enqueueing them."""
         return (self.hokusai_home / "staging").resolve()
+
+    @property
+    def outbox_dir(self) -> Path:
+        """Where producers spool the jobs Redis could not take (``producers.outbox``)."""
+        return (self.hokusai_outbox_dir or self.hokusai_home / "outbox").expanduser().resolve()
 
     @property
     def artifact_roots(self) -> list[Path]:

@@ -2,8 +2,9 @@
 
 ``enqueue_registration`` validates a :class:`~hokusai_registry.contract.RegistrationJob` and
 publishes it by task name; ``job_status`` / ``wait_for_job`` read how it went;
-``save_and_enqueue`` saves a model object in MLflow format first (needs mlflow). Everything is
-loaded on first use, so ``import producers`` imports neither mlflow nor the worker.
+``save_and_enqueue`` saves a model object in MLflow format first (needs mlflow). A job Redis cannot
+take within ``ENQUEUE_RETRY_S`` waits in the outbox folder until it is sent (``producers.outbox``).
+Everything is loaded on first use, so ``import producers`` imports neither mlflow nor the worker.
 """
 
 from __future__ import annotations

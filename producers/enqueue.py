@@ -1,45 +1,36 @@
 """Enqueue registration jobs by task name, and read back how they went.
 
-What a worker receives (Celery message protocol 2, JSON):
-
-* task ``REGISTER_TASK`` on queue ``REGISTRATION_QUEUE``, task id = the job id,
-  ``args = [job.model_dump(mode="json")]``, no kwargs;
-* chained to ``WEBHOOK_TASK`` on ``WEBHOOK_QUEUE`` with task id ``webhook_task_id(job_id)``,
-  which Celery calls with the registration's return value as its only argument.
+What a worker receives is ``producers.publish``'s (the wire layout is in its docstring). When Redis
+stays unreachable for ``ENQUEUE_RETRY_S``, the job is spooled to the outbox (``producers.outbox``)
+and sent later; its status reads ``SPOOLED`` until then.
 
 Nothing here imports mlflow or the worker.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from celery import chain
 from celery.states import READY_STATES
 
-from hokusai_registry.contract import (
-    REGISTER_TASK,
-    REGISTRATION_QUEUE,
-    WEBHOOK_QUEUE,
-    WEBHOOK_TASK,
-    RegistrationJob,
-    webhook_task_id,
-)
-from hokusai_registry.errors import InvalidInputError, RetryableError
+from hokusai_registry.contract import RegistrationJob, webhook_task_id
+from hokusai_registry.errors import BrokerUnavailableError, InvalidInputError, RetryableError
 from hokusai_registry.keys import ENQUEUED_KEY_PREFIX, enqueued_key
+from hokusai_registry.outbox import SPOOLED
 from hokusai_registry.settings import Settings, get_settings
 from hokusai_registry.validation import validate_job
-from producers.broker import call_with_retry, producer_redis, publisher_app, results_app
+from producers import outbox
+from producers.broker import call_with_retry, results_app
+from producers.publish import publish_job
 
 # ENQUEUED_KEY_PREFIX is re-exported for producers.staging: ``keys.enqueued_key(job_id)`` is what
 # the producer enqueued (kept as long as results), so an id never enqueued reads ``UNKNOWN``.
 __all__ = [
     "ENQUEUED_KEY_PREFIX",
+    "SPOOLED",
     "UNKNOWN",
     "JobTimeoutError",
     "enqueue_registration",
@@ -64,39 +55,40 @@ def enqueue_registration(
 ) -> str:
     """Validate a registration job and publish it for the workers; return its job id.
 
+    When Redis stays unreachable (or times out) for ``ENQUEUE_RETRY_S`` seconds, the job is
+    spooled to the outbox (``HOKUSAI_OUTBOX_DIR``) and its id returned all the same: a warning
+    says how it will be sent, and ``job_status`` reads ``SPOOLED`` until it is
+    (``producers.outbox``). After a successful publish, jobs other calls spooled are sent too,
+    within ``HOKUSAI_OUTBOX_FLUSH_S``.
+
     Args:
         job_or_fields: a :class:`RegistrationJob` or its fields (``job_id`` is generated when absent).
-        settings: default: read from the environment (``REDIS_URL``, ``ENQUEUE_RETRY_S``).
+        settings: default: read from the environment (``REDIS_URL``, ``ENQUEUE_RETRY_S``, ``HOKUSAI_OUTBOX*``).
     Returns:
         The job id, which is also the Celery task id of the registration step.
     Raises:
-        InvalidJobError: the job breaks the contract (the message names the fields); nothing is published.
-        BrokerUnavailableError: Redis stayed unreachable for ``ENQUEUE_RETRY_S`` seconds.
-        ConfigurationError: Redis refused the credentials in ``REDIS_URL``.
+        InvalidJobError: the job breaks the contract (the message names the fields); nothing is
+            published or spooled.
+        BrokerUnavailableError: Redis stayed unreachable for ``ENQUEUE_RETRY_S`` seconds and
+            ``HOKUSAI_OUTBOX`` is false, or the outbox could not be written either.
+        ConfigurationError: Redis refused the credentials in ``REDIS_URL`` (never spooled).
 
-    Delivery is at least once: a retry after a connection lost mid-publish can publish the job
-    twice under the same job id, which the worker treats as one registration.
+    Delivery is at least once: a retry after a connection lost mid-publish, or a spooled job
+    published again after a flusher died, can publish the job twice under the same job id,
+    which the worker treats as one registration.
     """
     settings = settings or get_settings()
     job = validate_job(job_or_fields, settings)
     job_id = str(job.job_id)
-    app = publisher_app(settings.redis_url)
     payload = job.model_dump(mode="json")
-
-    client = producer_redis(settings.redis_url)
-
-    def publish() -> None:  # fresh signatures per attempt: apply_async mutates their options
-        # Recorded first: a job that is published is always known (a record without a message
-        # only happens when publishing failed, and then the caller gets the error).
-        enqueued = {"job_id": job_id, "enqueued_at": datetime.now(UTC).isoformat()}
-        client.set(enqueued_key(job_id), json.dumps(enqueued), ex=settings.result_expires_s)
-        register = app.signature(REGISTER_TASK, args=[payload], task_id=job_id, queue=REGISTRATION_QUEUE)
-        webhook = app.signature(WEBHOOK_TASK, task_id=webhook_task_id(job_id), queue=WEBHOOK_QUEUE)
-        chain(register, webhook, app=app).apply_async()
-
-    call_with_retry(
-        publish, redis_url=settings.redis_url, retry_s=settings.enqueue_retry_s, action=f"enqueueing job {job_id}"
-    )
+    try:
+        publish_job(payload, settings)
+    except BrokerUnavailableError as exc:
+        if not settings.hokusai_outbox:
+            raise
+        outbox.spool_job(payload, settings, cause=exc)
+        return job_id
+    outbox.flush_after_enqueue(settings, published=job_id)
     return job_id
 
 
@@ -105,8 +97,9 @@ def job_status(job_id: str | UUID, settings: Settings | None = None) -> dict[str
 
     Returns:
         ``{"job_id", "state", "result", "error", "date_done", "webhook": {"task_id", "state"}}``;
-        ``state`` is a Celery state (``PENDING`` means queued) or ``UNKNOWN`` (never enqueued
-        by a producer, or enqueued longer ago than results are kept), ``result`` the
+        ``state`` is a Celery state (``PENDING`` means queued), ``SPOOLED`` (waiting in this
+        host's outbox, with ``outbox: {file, spooled_at}``; Redis is not read) or ``UNKNOWN`` (never
+        enqueued by a producer, or enqueued longer ago than results are kept), ``result`` the
         registration result once ``SUCCESS``, ``error`` ``{"type", "message"}`` on
         ``FAILURE``/``RETRY``. When the registration fails, Celery marks the webhook step
         ``FAILURE`` too (it is never published).
@@ -116,6 +109,11 @@ def job_status(job_id: str | UUID, settings: Settings | None = None) -> dict[str
     """
     settings = settings or get_settings()
     task_id = _check_job_id(job_id)
+    spooled = outbox.spooled_status(settings, task_id)
+    if spooled is not None:  # not in Redis yet: Redis is not asked (it may well be down)
+        webhook = {"task_id": webhook_task_id(task_id), "state": "PENDING"}
+        return {"job_id": task_id, "state": SPOOLED, "result": None, "error": None, "date_done": None,
+                "outbox": spooled, "webhook": webhook}  # fmt: skip
     app = results_app(settings.redis_url)
 
     def read() -> dict[str, Any]:

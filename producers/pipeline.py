@@ -6,7 +6,8 @@ pipeline on another host, an upload to the tracking server's served artifacts
 (``upload_tracking_uri=`` or ``UPLOAD_TRACKING_URI``). mlflow is optional on the producer side:
 it is imported inside :func:`save_and_enqueue` only. Staged folders do not pile up: a worker
 removes one once its version exists, and each call prunes the staging folder by the jobs' states
-(``producers.staging``).
+(``producers.staging``); a job spooled to the outbox (Redis unreachable) keeps its folder until it is
+published.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from hokusai_registry.redaction import redact_url
 from hokusai_registry.settings import Settings, get_settings
 from hokusai_registry.validation import validate_job
 from producers.enqueue import enqueue_registration
+from producers.outbox import is_spooled
 from producers.staging import prune_staging
 
 
@@ -62,7 +64,9 @@ def save_and_enqueue(
     renamed, so the folder is complete or absent); ``artifact_uri`` is set to that folder. Once
     the job is published, the staging folder is pruned (:func:`producers.staging.prune_staging`):
     folders of registered jobs go, those of jobs given up go ``STAGING_RETENTION_S`` after they
-    failed (``hokusai-registry jobs retry`` needs them until then), queued jobs keep theirs.
+    failed (``hokusai-registry jobs retry`` needs them until then), queued and spooled jobs keep theirs.
+    When Redis stays unreachable the job is spooled to the outbox like any ``enqueue_registration``
+    (and the folder is not pruned: Redis cannot say which jobs are done).
 
     Args:
         model: a scikit-learn estimator or an ``mlflow.pyfunc.PythonModel``.
@@ -84,8 +88,9 @@ def save_and_enqueue(
         InvalidInputError: ``model`` is of an unsupported kind.
         ConfigurationError: ``upload_tracking_uri`` is no http(s) URL.
         RegistryUnavailableError: the upload failed (nothing is published; a partial upload is removed).
-        BrokerUnavailableError: the model was saved but Redis stayed unreachable (the message
-            gives the folder, to enqueue it again with the same job id).
+        BrokerUnavailableError: the model was saved but Redis stayed unreachable and
+            ``HOKUSAI_OUTBOX`` is false (the message gives the folder, to enqueue it again with the
+            same job id).
     """
     _require_mlflow()
     if "artifact_uri" in job_fields:
@@ -117,7 +122,8 @@ def save_and_enqueue(
         raise BrokerUnavailableError(
             f"{exc}; the model is saved at {target}: enqueue it again with job_id {job.job_id}"
         ) from exc
-    prune_staging(settings, staging_dir=root, keep={job_id})
+    if not is_spooled(settings, job_id):
+        prune_staging(settings, staging_dir=root, keep={job_id})
     return job_id
 
 

@@ -10,6 +10,7 @@ fate follows its job's state in Redis (:func:`staged_folder_fate`, a pure functi
   for ``STAGING_RETENTION_S`` after it failed (``hokusai-registry jobs retry`` republishes the
   same ``artifact_uri``), then removed;
 * queued, running or retrying: kept;
+* spooled to the outbox (not in Redis yet): kept, whatever its age;
 * unknown to Redis (never published, or its records expired): removed ``STAGING_RETENTION_S``
   after the folder was last written.
 
@@ -36,6 +37,7 @@ from hokusai_registry.records import utc
 from hokusai_registry.settings import Settings, get_settings
 from producers.broker import producer_redis, results_app
 from producers.enqueue import ENQUEUED_KEY_PREFIX, UNKNOWN
+from producers.outbox import spooled_job_ids
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +117,8 @@ def prune_staging(
     Args:
         settings: default: read from the environment (``REDIS_URL``, ``STAGING_RETENTION_S``).
         staging_dir: default: ``settings.staging_dir`` (``$HOKUSAI_HOME/staging``).
-        keep: job ids whose folders stay whatever their state (the job just published).
+        keep: job ids whose folders stay whatever their state (the job just published); the
+            jobs in the outbox (``settings.outbox_dir``) are kept too.
         now: the current time (default: now, UTC).
     """
     settings = settings or get_settings()
@@ -124,6 +127,13 @@ def prune_staging(
     try:
         entries = sorted(root.iterdir())
     except FileNotFoundError:
+        return []
+    try:
+        keep = {*keep, *spooled_job_ids(settings)}
+    except OSError as exc:
+        logger.warning(
+            "not pruning the staging folder %s: cannot list the outbox %s: %s", root, settings.outbox_dir, exc
+        )
         return []
     removed: list[Path] = []
     for folder in entries:

@@ -137,14 +137,13 @@ cat >>.env <<'SETTINGS'
 
 # ---- scripts/stack-test.sh: faults recover in seconds ------------------------------------------
 # A killed worker's job comes back after VISIBILITY_TIMEOUT_S (must exceed TASK_TIME_LIMIT_S plus the
-# largest backoff cap); an unreachable receiver dead-letters after WEBHOOK_MAX_ATTEMPTS.
+# largest backoff cap); an unreachable receiver dead-letters after WEBHOOK_RETRY_SCHEDULE (one retry, 1 s).
 VISIBILITY_TIMEOUT_S=40
 TASK_TIME_LIMIT_S=25
 REGISTRY_BACKOFF_MAX_S=10
 WEBHOOK_BACKOFF_MAX_S=10
 UNACKED_RESTORE_INTERVAL_S=5
-WEBHOOK_MAX_ATTEMPTS=2
-WEBHOOK_BACKOFF_BASE_S=1
+WEBHOOK_RETRY_SCHEDULE=1
 SETTINGS
 if docker compose up -d --wait --wait-timeout 300 --scale worker=3 >"$STATE/up-faults.log" 2>&1; then
   result PASS "up again with the fault timings in .env" $((SECONDS - t)) "$(docker compose ps --format '{{.Service}}' | sort | uniq -c | awk '{print $2"x"$1}' | paste -sd ' ' -)"

@@ -6,6 +6,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from hokusai_registry.errors import InvalidInputError, InvalidJobError, RegistryUnavailableError, WebhookDeliveryError
 from hokusai_registry.settings import Settings
@@ -15,7 +16,9 @@ from worker.retry_policy import (
     parse_retry_after,
     retry_delay,
     task_retry_delay,
+    webhook_horizon_s,
     webhook_retry,
+    webhook_retry_waits,
 )
 
 NOW = datetime(2026, 11, 26, 23, 31, 48, tzinfo=UTC)
@@ -161,3 +164,49 @@ def test_a_webhook_waits_a_long_retry_after_in_the_durable_schedule_up_to_its_ca
         "countdown", 50.0
     )
     assert webhook_retry(1, retry_after_s=7200.0, settings=settings) == WebhookRetry("defer", 3600.0)
+
+
+# ---------------------------------------------------------------------- the retry schedule (WEBHOOK_RETRY_SCHEDULE)
+def test_the_default_schedule_rides_out_three_days_counting_down_short_waits_and_deferring_long_ones() -> None:
+    """Standard Webhooks' example, walked attempt by attempt on a compressed clock: no sleeping."""
+    settings = Settings()
+    assert webhook_retry_waits(settings) == (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+    assert webhook_horizon_s(settings) >= 72 * 3600
+    clock, actions = 0.0, []
+    for attempt in range(1, 11):
+        decision = webhook_retry(attempt, retry_after_s=None, settings=settings, rng=FixedDraw(0.0))
+        actions.append(decision.action)
+        clock += decision.delay_s
+    assert actions == ["countdown", "countdown"] + ["defer"] * 7 + ["give_up"]  # 10 attempts, the first immediate
+    assert clock >= 72 * 3600
+
+
+def test_a_scheduled_wait_gains_at_most_ten_percent_jitter_and_never_undercuts_retry_after() -> None:
+    settings = Settings(webhook_retry_schedule=(10.0, 100.0))
+    assert webhook_retry(1, retry_after_s=None, settings=settings, rng=FixedDraw(0.0)).delay_s == 10.0
+    assert webhook_retry(1, retry_after_s=None, settings=settings, rng=FixedDraw(1.0)).delay_s == pytest.approx(11.0)
+    assert webhook_retry(1, retry_after_s=50.0, settings=settings, rng=FixedDraw(1.0)).delay_s == 50.0
+    assert webhook_retry(3, retry_after_s=None, settings=settings).action == "give_up"
+
+
+def test_the_schedule_is_read_from_its_variable_and_the_old_backoff_is_refused_beside_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WEBHOOK_RETRY_SCHEDULE", "0, 0.5,2")
+    assert Settings().webhook_retry_schedule == (0.0, 0.5, 2.0)
+    monkeypatch.setenv("WEBHOOK_BACKOFF_BASE_S", "1")
+    with pytest.raises(ValidationError, match="set only WEBHOOK_RETRY_SCHEDULE"):
+        Settings()
+    monkeypatch.setenv("WEBHOOK_RETRY_SCHEDULE", "5,-1")
+    monkeypatch.delenv("WEBHOOK_BACKOFF_BASE_S")
+    with pytest.raises(ValidationError, match="0 seconds or more"):
+        Settings()
+
+
+def test_the_deprecated_max_attempts_cuts_or_stretches_the_schedule() -> None:
+    assert webhook_retry_waits(Settings(webhook_max_attempts=1)) == ()
+    assert webhook_retry_waits(Settings(webhook_max_attempts=3)) == (5.0, 300.0)
+    stretched = Settings(webhook_retry_schedule=(1.0, 2.0), webhook_max_attempts=5)
+    assert webhook_retry_waits(stretched) == (1.0, 2.0, 2.0, 2.0)
+    legacy = Settings(webhook_backoff_base_s=2.0, webhook_backoff_max_s=60.0, webhook_max_attempts=4)
+    assert webhook_retry_waits(legacy) == (2.0, 4.0, 8.0)  # the old doubling ceilings

@@ -267,6 +267,7 @@ def test_redis_down_exits_unavailable_without_traceback_or_password(monkeypatch:
     port = closed_port()
     monkeypatch.setenv("REDIS_URL", f"redis://:hunter2@127.0.0.1:{port}/0")
     monkeypatch.setenv("ENQUEUE_RETRY_S", "0.5")
+    monkeypatch.setenv("HOKUSAI_OUTBOX", "false")  # the caller who wants the error (the outbox is on by default)
     result = run("enqueue", "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", M)
     assert result.exit_code == ExitCode.UNAVAILABLE
     assert result.stderr.splitlines()[-1].startswith(f"Error: Redis at redis://127.0.0.1:{port}/0 is unreachable")
@@ -704,7 +705,8 @@ def test_invalid_settings_exit_usage() -> None:
 )
 def test_an_unreachable_redis_exits_unavailable(args: list[str]) -> None:
     port = closed_port()
-    done = script(*args, env={"REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0", "ENQUEUE_RETRY_S": "0.5"})
+    env = {"REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0", "ENQUEUE_RETRY_S": "0.5", "HOKUSAI_OUTBOX": "false"}
+    done = script(*args, env=env)
     assert done.returncode == ExitCode.UNAVAILABLE, done.stderr
     assert f"127.0.0.1:{port}" in done.stderr and "unreachable" in done.stderr.splitlines()[-1]
     assert "hunter2" not in done.stdout + done.stderr and "Traceback" not in done.stderr
@@ -765,3 +767,19 @@ def test_jobs_status_reads_a_replayed_webhook_as_delivered(redis_url: str) -> No
     shown = json.loads(script("webhooks", "show", event.event_id).stdout)
     assert shown["state"] == "delivered" and [a["status_code"] for a in shown["history"]] == [500, 200]
     assert (dead_webhook["delivery"], dead_webhook["attempts"]) == ("dead", 1)  # as read before the replay
+
+
+def test_enqueue_with_redis_away_spools_to_the_outbox_and_exits_0(tmp_path: Path) -> None:
+    """The outbox is on by default: the installed command returns the job id and says how it will be sent."""
+    port = closed_port()
+    outbox = tmp_path / "outbox"
+    env = {
+        "REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0",
+        "ENQUEUE_RETRY_S": "0.2",
+        "HOKUSAI_OUTBOX_DIR": str(outbox),
+    }
+    done = script("enqueue", "--job-id", JOB_ID, "--kind", "baseline", "--model-type", "ranking", "--artifact-uri", M,
+                  env=env)  # fmt: skip
+    assert done.returncode == ExitCode.OK, done.stderr
+    assert JOB_ID in done.stdout and "outbox" in done.stderr and "hunter2" not in done.stdout + done.stderr
+    assert [path.name for path in outbox.iterdir()] == [f"{JOB_ID}.json"]

@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +29,7 @@ from hokusai_registry.errors import (
 from hokusai_registry.settings import Settings
 from tests.support import free_port
 from worker.webhooks.delivery import check_webhook_config, deliver, send_stored_event
+from worker.webhooks.endpoints import EndpointStates, enable
 from worker.webhooks.event import WebhookEvent
 from worker.webhooks.store import EventStore
 
@@ -321,12 +323,45 @@ def test_stored_event_dead_lettered_after_max_attempts(store: EventStore, receiv
 
 
 def test_stored_event_rejected_is_dead_lettered_at_once(store: EventStore, receiver: WebhookReceiver) -> None:
-    receiver.script(410)
+    receiver.script(404)
     event = store.save_if_absent(make_event())
     outcome = send_stored_event(store, event.event_id, settings=make_settings(receiver.url))
-    assert (outcome.status, outcome.attempt, outcome.status_code) == ("dead_lettered", 1, 410)
+    assert (outcome.status, outcome.attempt, outcome.status_code) == ("dead_lettered", 1, 404)
     record = store.get(event.event_id)
-    assert record is not None and record.state == "dead" and "gone" in (record.dead_reason or "")
+    assert record is not None and record.state == "dead" and "answered 404" in (record.dead_reason or "")
+
+
+def test_an_endpoint_gone_410_is_disabled_and_its_events_kept_until_it_is_enabled(
+    store: EventStore, receiver: WebhookReceiver
+) -> None:
+    """Auto-disable without loss: the 410'd event and a later one are held, then released oldest first."""
+    receiver.script(410)
+    settings = make_settings(receiver.url)
+    first = store.save_if_absent(make_event("1"))
+    outcome = send_stored_event(store, first.event_id, settings=settings)
+    assert (outcome.status, outcome.attempt, outcome.status_code) == ("held", 1, 410)
+    states = EndpointStates.of(store)
+    assert states.get("default").disabled_reason is not None and states.disabled_names() == ["default"]
+    other = store.save_if_absent(make_event("2"))
+    assert send_stored_event(store, other.event_id, settings=settings).status == "held"
+    assert len(receiver.requests) == 1, "nothing is sent to a disabled endpoint"
+    assert store.list_dead_letters() == [] and store.held("default") == [first.event_id, other.event_id]
+    assert enable(store, "default") == 2
+    assert states.disabled_names() == [] and store.held("default") == []
+    assert store.claim_due(limit=10) == [first.event_id, other.event_id]  # due now, oldest first
+    for event_id in (first.event_id, other.event_id):
+        assert send_stored_event(store, event_id, settings=settings).status == "delivered"
+    assert [r.status for r in receiver.requests] == [410, 200, 200]
+
+
+def test_an_endpoint_failing_longer_than_the_disable_window_is_disabled(store: EventStore) -> None:
+    settings = make_settings(f"http://127.0.0.1:{free_port()}/hook", webhook_disable_after_s=0.2)
+    event = store.save_if_absent(make_event())
+    assert send_stored_event(store, event.event_id, settings=settings).status == "retry"
+    time.sleep(0.3)
+    assert send_stored_event(store, event.event_id, settings=settings).status == "held"
+    assert EndpointStates.of(store).get("default").disabled_at is not None
+    assert store.get(event.event_id).state == "pending"  # type: ignore[union-attr]
 
 
 def test_stored_event_that_settings_cannot_send_is_kept_for_replay(store: EventStore) -> None:

@@ -109,3 +109,20 @@ def test_doctor_does_not_create_the_tables_of_an_empty_tracking_database(redis_u
     database = checks_of(done)["tracking database"]
     assert database["status"] == "fail" and "the tracking server creates them" in database["detail"], database
     assert tables == [], "doctor created MLflow's tables in the tracking server's database"
+
+
+def test_doctor_reports_the_outbox_depth_and_its_oldest_job_and_how_to_send_them(tmp_path: Path) -> None:
+    from devtools.builders import baseline_fields
+    from hokusai_registry.settings import Settings
+    from producers import enqueue_registration
+
+    closed = f"redis://127.0.0.1:{free_port()}/0"  # Redis away: the producer spools
+    home = Path(os.environ["HOKUSAI_HOME"])
+    assert checks_of(run_doctor({"REDIS_URL": closed}, tmp_path, "--json"))["outbox"]["status"] == "ok"
+    away = Settings(redis_url=closed, enqueue_retry_s=0)
+    spooled = [enqueue_registration(baseline_fields("s3://models/lead-scoring/1"), settings=away) for _ in range(2)]
+
+    outbox = checks_of(run_doctor({"REDIS_URL": closed}, tmp_path, "--json"))["outbox"]
+    assert outbox["status"] == "warn" and outbox["detail"].startswith(f"2 job(s) spooled in {home / 'outbox'}"), outbox
+    assert "hokusai-registry outbox flush" in outbox["fix"], outbox
+    assert sorted(p.stem for p in (home / "outbox").glob("*.json")) == sorted(spooled)

@@ -26,10 +26,11 @@ from hokusai_registry.errors import BrokerUnavailableError, InvalidInputError
 from hokusai_registry.settings import Settings
 from tests.support import free_port
 from worker.webhooks.delivery import send_stored_event
+from worker.webhooks.delivery_records import MAX_ATTEMPT_HISTORY
 from worker.webhooks.event import WebhookEvent
 from worker.webhooks.pump import pump_deferred_webhooks
 from worker.webhooks.replay import replay_dead_letters
-from worker.webhooks.store import MAX_ATTEMPT_HISTORY, EventStore
+from worker.webhooks.store import EventStore
 
 SECRET = "replay-test-secret"
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -88,7 +88,7 @@ def test_metrics_endpoint_of_a_prefork_worker_counts_real_jobs(
                 lambda: (
                     (s := parse(httpx.get(url, timeout=5).text))
                     and value(s, "hokusai_registrations_total", outcome="failure") == 1
-                    and value(s, "hokusai_webhook_events_total", outcome="dead_lettered") == 1
+                    and value(s, "hokusai_webhook_events_total", outcome="dead_lettered", endpoint="default") == 1
                     and s
                 ),
                 timeout_s=20,
@@ -105,10 +105,10 @@ def test_metrics_endpoint_of_a_prefork_worker_counts_real_jobs(
     assert value(samples, "hokusai_registration_duration_seconds_count", outcome="success") == 2
     assert value(samples, "hokusai_registration_duration_seconds_sum", outcome="success") > 0
     assert value(samples, "hokusai_registration_duration_seconds_bucket", outcome="success", le="+Inf") == 2
-    assert value(samples, "hokusai_webhook_attempts_total", status_class="2xx") == 1
-    assert value(samples, "hokusai_webhook_attempts_total", status_class="4xx") == 1
-    assert value(samples, "hokusai_webhook_events_total", outcome="delivered") == 1
-    assert value(samples, "hokusai_webhook_events_total", outcome="dead_lettered") == 1
+    assert value(samples, "hokusai_webhook_attempts_total", status_class="2xx", endpoint="default") == 1
+    assert value(samples, "hokusai_webhook_attempts_total", status_class="4xx", endpoint="default") == 1
+    assert value(samples, "hokusai_webhook_events_total", outcome="delivered", endpoint="default") == 1
+    assert value(samples, "hokusai_webhook_events_total", outcome="dead_lettered", endpoint="default") == 1
     assert value(samples, "hokusai_webhook_dead_letters") == 1
     assert value(samples, "hokusai_webhook_deferred_events") == 0
     assert value(samples, "hokusai_failed_jobs") == 1
@@ -153,8 +153,8 @@ def test_metrics_port_alone_sums_every_pool_process_in_a_private_folder_removed_
             assert wait_result(app, webhook_task_id(job_id), 120).state == "SUCCESS", worker.log_tail()
 
     def counted(count: int) -> Samples:  # postrun signals run just after the result is stored: poll
-        return wait_until(lambda: (s := scrape(url)) and value(s, "hokusai_webhook_events_total",
-                                                                 outcome="delivered") == count and s,
+        return wait_until(lambda: (s := scrape(url)) and value(s, "hokusai_webhook_events_total", outcome="delivered",
+                                                                 endpoint="default") == count and s,
                           timeout_s=20, what=f"the metrics to count {count} jobs")  # fmt: skip
 
     with WebhookReceiver(SECRET) as receiver:
@@ -185,13 +185,13 @@ def test_metrics_port_alone_sums_every_pool_process_in_a_private_folder_removed_
     assert len(counting_pids) == 2, f"both pool processes counted: {sorted(counting_pids)}"
     assert value(samples, "hokusai_registrations_total", outcome="success") == jobs
     assert value(samples, "hokusai_registration_duration_seconds_count", outcome="success") == jobs
-    assert value(samples, "hokusai_webhook_attempts_total", status_class="2xx") == jobs
-    assert value(samples, "hokusai_webhook_events_total", outcome="delivered") == jobs
+    assert value(samples, "hokusai_webhook_attempts_total", status_class="2xx", endpoint="default") == jobs
+    assert value(samples, "hokusai_webhook_events_total", outcome="delivered", endpoint="default") == jobs
     assert list(clients_tmp.iterdir()) == [], "only the worker makes a metrics folder"
     assert value(after_others, "hokusai_registrations_total", outcome="success") == jobs
     assert second_folder != folder
     assert value(after_restart, "hokusai_registrations_total", outcome="success") == 1, "a restart counts from zero"
-    assert value(after_restart, "hokusai_webhook_attempts_total", status_class="2xx") == 1
+    assert value(after_restart, "hokusai_webhook_attempts_total", status_class="2xx", endpoint="default") == 1
 
 
 @pytest.mark.slow

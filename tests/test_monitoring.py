@@ -69,6 +69,8 @@ def test_alert_rules_parse_and_name_only_exported_metrics() -> None:
         ("hokusai_webhook_dead_letters", "HokusaiWebhookDeadLetters"),
         ("hokusai_queue_oldest_job_age_seconds", "HokusaiQueueBacklogOld"),
         ("hokusai_registrations_total", "HokusaiRegistrationFailureRate"),
+        ("hokusai_webhook_endpoint_disabled", "HokusaiWebhookEndpointDisabled"),
+        ("hokusai_backlog_oldest_age_seconds", "HokusaiBacklogOld"),
     ],
 )
 def test_the_alerts_the_issue_asks_for_exist(metric: str, alert: str) -> None:

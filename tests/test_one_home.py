@@ -57,7 +57,9 @@ def test_the_app_and_the_tasks_and_settings_and_the_webhook_policy_import_one_wa
     assert "worker.tasks" not in imports_of(MODULES["worker.celery_app"])
     assert "worker.celery_app" in imports_of(MODULES["worker.tasks"])
     assert "hokusai_registry.settings" not in imports_of(MODULES["hokusai_registry.webhook_policy"])
-    assert "hokusai_registry.webhook_policy" in imports_of(MODULES["hokusai_registry.settings"])
+    assert "hokusai_registry.webhook_settings" not in imports_of(MODULES["hokusai_registry.webhook_policy"])
+    assert "hokusai_registry.webhook_policy" in imports_of(MODULES["hokusai_registry.webhook_settings"])
+    assert "hokusai_registry.webhook_settings" in imports_of(MODULES["hokusai_registry.settings"])
 
 
 def test_delivery_knows_nothing_of_the_metrics_nor_mlflow() -> None:
@@ -194,3 +196,22 @@ def test_the_worker_and_the_cli_build_the_event_store_with_one_factory(
     assert worker_store.client is clients.get_redis()  # the worker's process client, not a second pool
     assert worker_store.keys.dead_letters == cli_store.keys.dead_letters == "hokusai:webhook:dead_letters"
     get_settings.cache_clear()
+
+
+def test_the_webhook_endpoint_keys_are_written_once_and_listed() -> None:
+    webhook = keys.WebhookKeys()
+    assert {
+        "held": webhook.held("N"),
+        "order": webhook.order("N", "M"),
+        "endpoint": webhook.endpoint_state("N"),
+        "disabled": webhook.disabled_endpoints,
+    } == {
+        "held": "hokusai:webhook:held:N",
+        "order": "hokusai:webhook:order:N:M",
+        "endpoint": "hokusai:webhook:endpoint:N",
+        "disabled": "hokusai:webhook:disabled_endpoints",
+    }
+    doc = keys.__doc__ or ""
+    for key in ("<p>:webhook:held:<endpoint>", "<p>:webhook:order:<endpoint>:<model>",
+                "<p>:webhook:endpoint:<endpoint>", "<p>:webhook:disabled_endpoints"):  # fmt: skip
+        assert key in doc, f"{key} is not listed in hokusai_registry.keys"

@@ -98,7 +98,7 @@ def test_doctor_passes_when_everything_is_up(worker_env: dict[str, str], tmp_pat
     assert done.returncode == ExitCode.OK, done.stdout + done.stderr
     checks = {check["name"]: check for check in json.loads(done.stdout)}
     assert {name: check["status"] for name, check in checks.items()} == {
-        "redis": "ok", "mlflow": "ok", "webhooks": "ok", "workers": "ok", "backlog": "ok",
+        "redis": "ok", "mlflow": "ok", "webhooks": "ok", "workers": "ok", "backlog": "ok", "outbox": "ok",
     }  # fmt: skip
     assert SECRET not in done.stdout + done.stderr
 
@@ -141,7 +141,7 @@ def test_a_replayed_dead_letter_reads_delivered_and_show_lists_every_attempt(
 ) -> None:
     """The operator's path: a webhook dead-lettered by a worker, replayed from the command line."""
     with WebhookReceiver(SECRET) as receiver:
-        receiver.script(500, 410)  # a retry, then gone: dead-lettered after two attempts
+        receiver.script(500, 404)  # a retry, then rejected: dead-lettered after two attempts (410 disables instead)
         env = {**worker_env, "WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": SECRET, "WEBHOOK_ALLOW_HTTP": "true"}
         with WorkerProcess(env, tmp_path) as worker:
             job_id = enqueue_registration(job_fields(save_model_dir(sk_model, staging)))
@@ -171,9 +171,9 @@ def test_a_replayed_dead_letter_reads_delivered_and_show_lists_every_attempt(
     record = json.loads(shown.stdout)
     assert (record["state"], record["attempts"]) == ("delivered", 3)
     history = record["history"]
-    assert [(a["attempt"], a["status_code"]) for a in history] == [(1, 500), (2, 410), (3, 200)]
-    assert [r.status for r in receiver.requests] == [500, 410, 200]
-    assert "500" in history[0]["error"] and "gone" in history[1]["error"] and history[2]["error"] is None
+    assert [(a["attempt"], a["status_code"]) for a in history] == [(1, 500), (2, 404), (3, 200)]
+    assert [r.status for r in receiver.requests] == [500, 404, 200]
+    assert "500" in history[0]["error"] and "404" in history[1]["error"] and history[2]["error"] is None
     times = [datetime.fromisoformat(a["at"]) for a in history]
     assert all(t.utcoffset() == timedelta(0) for t in times) and times == sorted(times)
     for attempt, request in zip(history, receiver.requests, strict=True):

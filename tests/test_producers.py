@@ -151,7 +151,8 @@ def test_invalid_job_names_the_field_and_publishes_nothing(redis_url: str) -> No
 
 def test_redis_down_is_retried_then_broker_unavailable(caplog: pytest.LogCaptureFixture) -> None:
     port = closed_port()
-    settings = Settings(redis_url=f"redis://:s3cret@127.0.0.1:{port}/0", enqueue_retry_s=1.0)
+    # HOKUSAI_OUTBOX=false: the caller gets the error instead of an outbox file (tests/test_outbox.py)
+    settings = Settings(redis_url=f"redis://:s3cret@127.0.0.1:{port}/0", enqueue_retry_s=1.0, hokusai_outbox=False)
     caplog.set_level(logging.WARNING, logger="producers.broker")
     started = time.monotonic()
 
@@ -171,7 +172,7 @@ def test_redis_down_is_retried_then_broker_unavailable(caplog: pytest.LogCapture
 
 
 def test_no_retry_budget_means_one_attempt(caplog: pytest.LogCaptureFixture) -> None:
-    settings = Settings(redis_url=f"redis://127.0.0.1:{closed_port()}/0", enqueue_retry_s=0)
+    settings = Settings(redis_url=f"redis://127.0.0.1:{closed_port()}/0", enqueue_retry_s=0, hokusai_outbox=False)
     caplog.set_level(logging.WARNING, logger="producers.broker")
     with pytest.raises(BrokerUnavailableError):
         enqueue_registration(job_fields(), settings=settings)
@@ -357,3 +358,44 @@ def test_save_and_enqueue_prunes_the_staging_folder_of_registered_jobs(
     second = save_and_enqueue(sk_model, fields)
 
     assert sorted(p.name for p in staging.iterdir()) == [second], "a registered job's folder is left behind"
+
+
+def test_redis_down_spools_after_the_same_retries(caplog: pytest.LogCaptureFixture) -> None:
+    """The default: the same bounded retries, then the job goes to the outbox instead of the error."""
+    port = closed_port()
+    settings = Settings(redis_url=f"redis://:s3cret@127.0.0.1:{port}/0", enqueue_retry_s=1.0)
+    caplog.set_level(logging.WARNING)
+    started = time.monotonic()
+
+    job_id = enqueue_registration(job_fields(), settings=settings)
+
+    assert time.monotonic() - started < 1.0 + CONNECT_TIMEOUT_S + 2.0  # the same budget as without the outbox
+    assert len([r for r in caplog.records if "retrying in" in r.getMessage()]) >= 2
+    assert (settings.outbox_dir / f"{job_id}.json").is_file()
+    assert job_status(job_id, settings)["state"] == "SPOOLED"
+    assert all("s3cret" not in r.getMessage() for r in caplog.records)
+
+
+def test_save_and_enqueue_with_redis_down_spools_and_keeps_the_model(
+    sk_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{closed_port()}/0")
+    monkeypatch.setenv("ENQUEUE_RETRY_S", "0")
+    get_settings.cache_clear()
+    job_id = save_and_enqueue(sk_model, {"kind": "baseline", "model_type": "classification"})
+    settings = get_settings()
+    spooled = json.loads((settings.outbox_dir / f"{job_id}.json").read_text())
+    assert spooled["job"]["artifact_uri"] == str(settings.staging_dir / job_id)
+    assert (settings.staging_dir / job_id / "MLmodel").is_file()
+
+
+def test_save_and_enqueue_with_the_outbox_off_raises_naming_the_folder(
+    sk_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{closed_port()}/0")
+    monkeypatch.setenv("ENQUEUE_RETRY_S", "0")
+    monkeypatch.setenv("HOKUSAI_OUTBOX", "false")
+    get_settings.cache_clear()
+    with pytest.raises(BrokerUnavailableError, match=r"the model is saved at .*: enqueue it again with job_id"):
+        save_and_enqueue(sk_model, {"kind": "baseline", "model_type": "classification"})
+    assert not get_settings().outbox_dir.exists()

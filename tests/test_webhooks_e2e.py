@@ -273,3 +273,32 @@ def test_worker_refuses_to_start_without_a_secret(worker_env: dict[str, str], tm
     (tmp_path / "unsigned").mkdir()
     with WorkerProcess({**env, "WEBHOOK_ALLOW_UNSIGNED": "true"}, tmp_path / "unsigned") as allowed:
         assert allowed.process is not None and allowed.process.poll() is None
+
+
+def test_a_worker_restarted_while_a_retry_waits_in_the_durable_schedule_delivers_it_when_due(
+    webhook_env: dict[str, str], receiver: WebhookReceiver, redis_url: str, staging: Path, sk_model: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """The outage of a day on a short WEBHOOK_RETRY_SCHEDULE: 0.2 s (a countdown), then 3 s (over the 1 s
+    in-memory cap: the Redis schedule). The worker is SIGKILLed while the event waits there; a new one
+    delivers it once it is due, with no operator."""
+    receiver.script(500, 500)
+    env = {**webhook_env, "WEBHOOK_BACKOFF_BASE_S": "", "WEBHOOK_RETRY_SCHEDULE": "0.2,3,3",
+           "WEBHOOK_SCHEDULE_POLL_S": "0.5"}  # fmt: skip
+    app = client_app(redis_url)
+    store = EventStore(redis.Redis.from_url(redis_url))
+    worker = WorkerProcess(env, tmp_path).start()
+    try:
+        job_id = enqueue_registration(job_fields(save_model_dir(sk_model, staging)))
+        wait_until(lambda: len(receiver.requests) == 2, timeout_s=60, what="two failing attempts")
+        wait_until(lambda: store.counts()[1] == 1, timeout_s=10, what="the retry in the durable schedule")
+        worker.kill()
+    finally:
+        worker.kill()
+    assert len(receiver.requests) == 2
+    with WorkerProcess(env, tmp_path) as restarted:
+        outcome = wait_result(app, webhook_task_id(job_id), timeout_s=90)
+        assert outcome.result["status"] == "delivered" and outcome.result["attempt"] == 3, restarted.log_tail()
+    assert [r.status for r in receiver.requests] == [500, 500, 200]
+    assert len({r.headers["webhook-id"] for r in receiver.requests}) == 1
+    assert request_gaps(receiver)[1] >= 3, "the scheduled wait was kept across the restart"

@@ -5,14 +5,14 @@ Counters and the histogram are counted in the pool processes that run the tasks,
 With ``METRICS_PORT`` set, the :class:`MetricsServer` bootstep, in the worker's main process and
 before the pool forks, chooses that folder (:func:`use_metrics_folder`) and serves ``/metrics`` on
 ``METRICS_HOST:METRICS_PORT``: the summed counters plus :class:`RedisCollector`, which counts the
-stores and the queues in Redis at each scrape. Other commands that load the app (``celery inspect``,
-``flower``, ``hokusai-registry``) create no folder. Every metric is in docs/operations.md.
+stores and the queues in Redis at each scrape, and :class:`BacklogCollector`, the true backlog
+(``worker.backlog``). Other commands that load the app (``celery inspect``, ``flower``,
+``hokusai-registry``) create no folder. Every metric is in docs/operations.md.
 """
 
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import shutil
@@ -28,13 +28,17 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from hokusai_registry.contract import DELIVER_WEBHOOK_TASK, ENQUEUED_AT_HEADER, REGISTER_TASK, WEBHOOK_TASK
-from hokusai_registry.errors import HokusaiError, WebhookDeadLetteredError
+from hokusai_registry.contract import REGISTER_TASK
+from hokusai_registry.errors import ConfigurationError, HokusaiError
 from hokusai_registry.keys import FAILED_JOBS_KEY, QUARANTINE_KEY
+from hokusai_registry.outbox import outbox_summary
 from hokusai_registry.redis_client import connect
 from hokusai_registry.settings import Settings, get_settings
+from hokusai_registry.webhook_policy import DEFAULT_ENDPOINT, configured_endpoints
 from worker import scratch
+from worker.backlog import STATES, message_age_s, read_backlog
 from worker.queues import QUEUES, queue_keys
+from worker.webhooks.endpoints import EndpointStates
 from worker.webhooks.store import EventStore
 
 logger = logging.getLogger(__name__)
@@ -51,12 +55,14 @@ REGISTRATION_SECONDS = Histogram(
     buckets=DURATION_BUCKETS,
 )
 WEBHOOK_ATTEMPTS = Counter(
-    "hokusai_webhook_attempts", "Webhook HTTP attempts by answer: 2xx, 3xx, 4xx, 5xx, or network.", ["status_class"]
+    "hokusai_webhook_attempts",
+    "Webhook HTTP attempts by endpoint and answer: 2xx, 3xx, 4xx, 5xx, or network.",
+    ["status_class", "endpoint"],
 )
 WEBHOOK_EVENTS = Counter(
     "hokusai_webhook_events",
-    "Webhook events a worker task settled, by outcome (delivered, dead_lettered).",
-    ["outcome"],
+    "Webhook deliveries a worker task settled, by outcome (delivered, dead_lettered) and endpoint.",
+    ["outcome", "endpoint"],
 )
 
 #: The names scraped from the endpoint (counters gain ``_total``), as docs and deploy/ must use them.
@@ -67,11 +73,16 @@ EXPORTED_METRICS = (
     "hokusai_webhook_events_total",
     "hokusai_webhook_dead_letters",
     "hokusai_webhook_deferred_events",
+    "hokusai_webhook_endpoint_disabled",
     "hokusai_failed_jobs",
     "hokusai_quarantined_messages",
     "hokusai_queue_depth",
     "hokusai_queue_oldest_job_age_seconds",
     "hokusai_metrics_redis_up",
+    "hokusai_outbox_depth",
+    "hokusai_outbox_oldest_job_age_seconds",
+    "hokusai_backlog_jobs",
+    "hokusai_backlog_oldest_age_seconds",
 )
 
 
@@ -80,9 +91,14 @@ def status_class(status_code: int | None) -> str:
     return f"{status_code // 100}xx" if status_code else "network"
 
 
-def observe_webhook_attempt(status_code: int | None) -> None:
-    """Count one webhook HTTP attempt: the ``on_attempt`` the webhook tasks give delivery."""
-    WEBHOOK_ATTEMPTS.labels(status_class(status_code)).inc()
+def observe_webhook_attempt(status_code: int | None, *, endpoint: str = DEFAULT_ENDPOINT) -> None:
+    """Count one webhook HTTP attempt to ``endpoint``: the ``on_attempt`` the webhook tasks give delivery."""
+    WEBHOOK_ATTEMPTS.labels(status_class(status_code), endpoint).inc()
+
+
+def observe_webhook_settled(outcome: str, *, endpoint: str = DEFAULT_ENDPOINT) -> None:
+    """Count one delivery a webhook task settled (``delivered``, ``dead_lettered``) for ``endpoint``."""
+    WEBHOOK_EVENTS.labels(outcome, endpoint).inc()
 
 
 # ---------------------------------------------------------------------- counters from signals
@@ -106,26 +122,25 @@ def _task_finished(
         started = _started.pop(task_id or "", None)
         if started is not None:
             REGISTRATION_SECONDS.labels(outcome).observe(time.monotonic() - started)
-    elif name in {WEBHOOK_TASK, DELIVER_WEBHOOK_TASK}:
-        if state == "SUCCESS" and isinstance(retval, dict) and retval.get("status") == "delivered":
-            WEBHOOK_EVENTS.labels("delivered").inc()
-        elif state == "FAILURE" and isinstance(retval, WebhookDeadLetteredError):
-            WEBHOOK_EVENTS.labels("dead_lettered").inc()
 
 
 # ---------------------------------------------------------------------- gauges from Redis
+def configured_endpoint_names() -> list[str]:
+    """The configured webhook endpoints' names (none when the configuration cannot be read: doctor says why)."""
+    try:
+        return [endpoint.name for endpoint in configured_endpoints(get_settings())]
+    except ConfigurationError:
+        return []
+
+
 def oldest_age_s(client: redis.Redis, queue: str, now: float) -> float:
     """Seconds the oldest waiting message of ``queue`` has waited (0 when empty or unstamped)."""
     ages = [0.0]
     for key in queue_keys(queue):
         raw = client.lindex(key, -1)  # kombu LPUSHes and BRPOPs: the oldest is at the right end
-        if raw is None:
-            continue
-        try:
-            stamped = json.loads(raw).get("headers", {}).get(ENQUEUED_AT_HEADER)
-            ages.append(max(0.0, now - float(stamped)))
-        except (ValueError, TypeError, AttributeError):
-            continue  # not a message stamped by this product: its age is unknown
+        age = message_age_s(raw, now)
+        if age is not None:
+            ages.append(age)
     return max(ages)
 
 
@@ -135,6 +150,7 @@ class RedisCollector(Collector):
     def __init__(self, redis_url: str) -> None:
         self.client = connect(redis_url)
         self.events = EventStore(self.client)
+        self.endpoints = EndpointStates(self.client)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily("hokusai_metrics_redis_up", "1 when the last scrape could read Redis, else 0.")
@@ -165,6 +181,16 @@ class RedisCollector(Collector):
             ("hokusai_quarantined_messages", "Messages no task could run, kept in the quarantine.", quarantined),
         ):
             yield GaugeMetricFamily(name, help_text, value=value)
+        disabled = GaugeMetricFamily(
+            "hokusai_webhook_endpoint_disabled",
+            "1 for a webhook endpoint disabled now (410 Gone, failing too long, or an operator; its events wait), "
+            "else 0.",
+            labels=["endpoint"],
+        )
+        off = set(self.endpoints.disabled_names())
+        for endpoint in sorted(off | set(configured_endpoint_names())):
+            disabled.add_metric([endpoint], 1 if endpoint in off else 0)
+        yield disabled
         depth = GaugeMetricFamily("hokusai_queue_depth", "Messages waiting in a queue.", labels=["queue"])
         age = GaugeMetricFamily(
             "hokusai_queue_oldest_job_age_seconds", "Seconds the oldest waiting message has waited.", labels=["queue"]
@@ -179,11 +205,65 @@ class RedisCollector(Collector):
         yield age
 
 
+class BacklogCollector(Collector):
+    """The true backlog (``worker.backlog``): jobs waiting, held by workers, and scheduled, and the oldest's age.
+
+    Redis down: nothing is yielded (``hokusai_metrics_redis_up`` of :class:`RedisCollector` says so),
+    so an autoscaler reads no value rather than an empty backlog.
+    """
+
+    def __init__(self, redis_url: str) -> None:
+        self.client = connect(redis_url)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            backlog = read_backlog(self.client)
+        except HokusaiError as exc:
+            logger.warning("metrics: cannot read the backlog: %s", type(exc).__name__)
+            return
+        jobs = GaugeMetricFamily(
+            "hokusai_backlog_jobs",
+            "Jobs of the product's queues not done yet, by state: waiting (queued), held (delivered to a worker, "
+            "not acked: running, prefetched, or an ETA/countdown retry), scheduled (the durable webhook schedule).",
+            labels=["state"],
+        )
+        for state in STATES:
+            jobs.add_metric([state], backlog.count(state))
+        yield jobs
+        yield GaugeMetricFamily(
+            "hokusai_backlog_oldest_age_seconds",
+            "Seconds the oldest job of the backlog has been in it (docs/scaling.md).",
+            value=backlog.oldest_age_s,
+        )
+
+
+class OutboxCollector(Collector):
+    """The producers' outbox folder as this worker sees it (HOKUSAI_OUTBOX_DIR), listed at each scrape."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            summary = outbox_summary(self.folder)
+        except OSError as exc:
+            logger.warning("metrics: cannot list the outbox %s: %s", self.folder, exc)
+            return
+        yield GaugeMetricFamily("hokusai_outbox_depth", "Jobs spooled in the outbox folder.", value=summary.depth)
+        yield GaugeMetricFamily(
+            "hokusai_outbox_oldest_job_age_seconds",
+            "Seconds the oldest spooled job has waited.",
+            value=summary.oldest_age_s(),
+        )
+
+
 def metrics_registry(settings: Settings, folder: Path) -> CollectorRegistry:
     """What ``/metrics`` serves: every process's counters (from ``folder``) plus the Redis gauges."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(folder))
     registry.register(RedisCollector(settings.redis_url))
+    registry.register(BacklogCollector(settings.redis_url))
+    registry.register(OutboxCollector(settings.outbox_dir))
     return registry
 
 

@@ -11,8 +11,8 @@
   are counted from 1 (the attempt that just failed).
 * **Then what?** A task's next countdown (:func:`task_retry_delay`, for
   ``worker.base_task.HokusaiTask``), and a webhook's next step after a retryable failure
-  (:func:`webhook_retry`: give up, a countdown, or the durable schedule), for
-  ``worker.webhooks.delivery``.
+  (:func:`webhook_retry`: give up, a countdown, or the durable schedule, along
+  ``WEBHOOK_RETRY_SCHEDULE``: :func:`webhook_retry_waits`), for ``worker.webhooks.delivery``.
 
 MLflow is not imported here (delivery and the CLI's replay stay light): an ``MlflowException`` can
 only exist once ``mlflow.exceptions`` is loaded, so its class is looked up there when it is.
@@ -179,6 +179,12 @@ def task_retry_delay(
     return min(max_s, retry_delay(retries + 1, retry_after_s=hint, base_s=base_s, max_s=max_s))
 
 
+#: Each scheduled wait is lengthened by up to this fraction (never shortened: the horizon holds).
+SCHEDULE_JITTER = 0.1
+#: Attempts of the deprecated doubling backoff when ``WEBHOOK_MAX_ATTEMPTS`` is unset (the old default).
+LEGACY_MAX_ATTEMPTS = 10
+
+
 @dataclass(frozen=True)
 class WebhookRetry:
     """What follows a retryable webhook failure.
@@ -192,24 +198,54 @@ class WebhookRetry:
     delay_s: float = 0.0
 
 
+def webhook_retry_waits(settings: Settings) -> tuple[float, ...]:
+    """The waits (seconds, before jitter) before each retry of one delivery: the retry schedule.
+
+    ``WEBHOOK_RETRY_SCHEDULE``; with the deprecated ``WEBHOOK_BACKOFF_BASE_S``, the old doubling
+    ceilings (capped at ``WEBHOOK_BACKOFF_MAX_S``) instead. ``WEBHOOK_MAX_ATTEMPTS`` (deprecated)
+    cuts the schedule, or lengthens it by repeating its last wait.
+    """
+    base_s = settings.webhook_backoff_base_s
+    if base_s is not None:
+        retries = (settings.webhook_max_attempts or LEGACY_MAX_ATTEMPTS) - 1
+        cap = settings.webhook_backoff_max_s
+        return tuple(min(cap, base_s * 2.0 ** min(n, _MAX_EXPONENT)) for n in range(retries))
+    waits = settings.webhook_retry_schedule
+    if settings.webhook_max_attempts is None:
+        return waits
+    retries = settings.webhook_max_attempts - 1
+    return (waits + waits[-1:] * max(0, retries - len(waits)))[:retries]
+
+
+def webhook_horizon_s(settings: Settings) -> float:
+    """How long a delivery is retried at least, first attempt to last (the waits without jitter)."""
+    return sum(webhook_retry_waits(settings))
+
+
 def webhook_retry(
     attempt: int, *, retry_after_s: float | None, settings: Settings, rng: random.Random | None = None
 ) -> WebhookRetry:
-    """The next step after failed webhook ``attempt``: ``WEBHOOK_MAX_ATTEMPTS``, then the backoff.
+    """The next step after failed webhook ``attempt``, by :func:`webhook_retry_waits`.
 
-    A receiver's ``Retry-After`` is honoured up to ``WEBHOOK_RETRY_AFTER_MAX_S``: it may ask for a
-    long wait, not for a forever. A wait up to ``WEBHOOK_BACKOFF_MAX_S`` is a Celery countdown; a
-    longer one is the durable schedule's.
+    A scheduled wait gains up to ``SCHEDULE_JITTER`` (the deprecated doubling backoff keeps its
+    equal jitter). A receiver's ``Retry-After`` is honoured up to ``WEBHOOK_RETRY_AFTER_MAX_S``: it
+    may ask for a long wait, not for a forever. A wait up to ``WEBHOOK_BACKOFF_MAX_S`` is a Celery
+    countdown; a longer one is the durable schedule's.
     """
-    if attempt >= settings.webhook_max_attempts:
+    waits = webhook_retry_waits(settings)
+    if attempt > len(waits):
         return WebhookRetry("give_up")
     if retry_after_s is not None:
         retry_after_s = min(retry_after_s, settings.webhook_retry_after_max_s)
-    delay_s = retry_delay(
-        attempt,
-        retry_after_s=retry_after_s,
-        base_s=settings.webhook_backoff_base_s,
-        max_s=settings.webhook_backoff_max_s,
-        rng=rng,
-    )
+    if settings.webhook_backoff_base_s is not None:
+        delay_s = retry_delay(
+            attempt,
+            retry_after_s=retry_after_s,
+            base_s=settings.webhook_backoff_base_s,
+            max_s=settings.webhook_backoff_max_s,
+            rng=rng,
+        )
+    else:
+        delay_s = waits[attempt - 1] * (1 + SCHEDULE_JITTER * (rng or random).random())
+        delay_s = max(delay_s, retry_after_s or 0.0)
     return WebhookRetry("countdown" if delay_s <= settings.webhook_backoff_max_s else "defer", delay_s)

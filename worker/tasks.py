@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -32,10 +33,12 @@ from hokusai_registry.validation import validate_job
 from worker.base_task import HokusaiTask
 from worker.celery_app import app
 from worker.clients import get_event_store, get_http_client, get_redis, get_registry
-from worker.metrics import observe_webhook_attempt
+from worker.metrics import observe_webhook_attempt, observe_webhook_settled
 from worker.registration.job import job_of_result, register_job, registered_result
-from worker.webhooks import delivery
+from worker.webhooks import delivery, fanout, mlflow_record
 from worker.webhooks import event as events
+from worker.webhooks.delivery_records import endpoint_of_delivery
+from worker.webhooks.pump import pump_deferred_webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +105,10 @@ def register_model(self: HokusaiTask, job: dict[str, Any]) -> dict[str, Any]:
 def emit_webhook(self: Task, result: dict[str, Any]) -> dict[str, Any]:
     """Build the marketplace event of a registration once, store it, and send it.
 
-    Attempts are counted in the event store (``WEBHOOK_MAX_ATTEMPTS``), not by Celery, so the
-    count survives crashes and the durable schedule.
+    One delivery per endpoint that takes the event (``worker.webhooks.fanout``): the first is
+    attempted here, the others by their own ``deliver_webhook`` tasks. Attempts are counted in the
+    event store (``WEBHOOK_RETRY_SCHEDULE``), not by Celery, so the count survives crashes and the
+    durable schedule.
     """
     job = job_of_result(result)
     summary = {"job_id": str(job.job_id), "model_name": result["model_name"], "version": result["version"]}
@@ -111,10 +116,20 @@ def emit_webhook(self: Task, result: dict[str, Any]) -> dict[str, Any]:
     if reason is not None:
         logger.info("no webhook for %s/%s: %s", result["model_name"], result["version"], reason)
         return {**summary, "status": "skipped", "reason": reason}
-    event = events.build_event(result, job)
+    settings = get_settings()
+    targets = fanout.target_endpoints(settings, events.EVENT_TYPE)
+    if not targets:
+        reason = f"no webhook endpoint takes {events.EVENT_TYPE} events"
+        logger.info("no webhook for %s/%s: %s", result["model_name"], result["version"], reason)
+        return {**summary, "status": "skipped", "reason": reason}
+    event = events.build_event(result, job, now=mlflow_record.event_time(result))  # what reconcile rebuilds
     log.bind(event_id=event.event_id)
-    stored = get_event_store().save_if_absent(event)  # a re-run finds the first run's event
-    return {**summary, **_send_event(self, stored.event_id)}
+    store = get_event_store()
+    # a re-run finds the first run's deliveries; the other endpoints' go to their own tasks at once
+    first, others = fanout.store_deliveries(store, event, targets, traceparent=fanout.traceparent_of(job.metadata))
+    if others:
+        pump_deferred_webhooks(store, app, lease_s=settings.visibility_timeout_s)
+    return {**summary, **_send_event(self, first)}
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, bind=True, max_retries=None)
@@ -135,23 +150,26 @@ def _send_event(task: Task, event_id: str) -> dict[str, Any]:
     Dead-lettered: FAILURE (``WebhookDeadLetteredError`` naming the event and the reason).
     """
     log.bind(event_id=event_id)
+    endpoint = endpoint_of_delivery(event_id)
     outcome = delivery.send_stored_event(
         get_event_store(),
         event_id,
         settings=get_settings(),
         client=get_http_client(),
-        on_attempt=observe_webhook_attempt,
+        on_attempt=lambda status_code: observe_webhook_attempt(status_code, endpoint=endpoint),
     )
     if outcome.status == "retry":
         assert outcome.countdown_s is not None
         logger.warning("webhook attempt %d failed (%s); retrying in %.1fs", outcome.attempt, outcome.reason,
                        outcome.countdown_s)  # fmt: skip
         raise task.retry(countdown=outcome.countdown_s)
-    if outcome.status == "deferred":
+    if outcome.status in {"deferred", "waiting"}:
         assert outcome.due_at is not None
         message = (
             f"webhook event {event_id} attempt {outcome.attempt} failed ({outcome.reason}); "
             f"waiting in the durable schedule until {outcome.due_at.isoformat()}"
+            if outcome.status == "deferred"
+            else f"webhook event {event_id} {outcome.reason}; waiting until {outcome.due_at.isoformat()}"
         )
         logger.warning("%s", message)
         raise Retry(message, exc=WebhookDeliveryError(message), when=outcome.due_at)
@@ -161,6 +179,13 @@ def _send_event(task: Task, event_id: str) -> dict[str, Any]:
             f"replay it with: hokusai-registry webhooks replay {event_id}"
         )
         logger.error("%s", message)
+        observe_webhook_settled("dead_lettered", endpoint=endpoint)
         raise WebhookDeadLetteredError(message)
+    if outcome.status == "delivered":
+        observe_webhook_settled("delivered", endpoint=endpoint)
+        record = get_event_store().get(event_id)
+        if record is not None:  # the version says the site was told (never fails the delivery)
+            at = record.delivered_at or datetime.now(UTC)
+            mlflow_record.record_delivery(get_registry(), record.event.model_name, record.event.version, endpoint, at)
     logger.info("webhook %s: %s after %d attempt(s)", event_id, outcome.status, outcome.attempt)
     return outcome.as_dict()

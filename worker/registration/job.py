@@ -37,6 +37,7 @@ from worker.registration import artifacts, attempts, signatures, tags
 from worker.registration.mlflow_errors import mlflow_boundary
 from worker.registration.model_log import ModelToLog
 from worker.registration.registry import HokusaiModelRegistry
+from worker.webhooks import mlflow_record
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def register_job(
         "git": _git(job),
         "baseline_id": job.baseline_id,
         "contributor": job.contributor,
-        "extra_version_tags": {tags.TAG_JOB_ID: job_id},
+        # the job's webhook fields, so `webhooks reconcile` can rebuild the event from MLflow alone
+        "extra_version_tags": {tags.TAG_JOB_ID: job_id, **mlflow_record.job_record_tags(job)},
     }
     logged = None if first else _previous_attempt_model(registry, job_id)
     if logged is not None:

@@ -30,7 +30,8 @@ from hokusai_registry.errors import ConfigurationError, InvalidInputError
 from hokusai_registry.flavors import flavor_for
 from hokusai_registry.log import logging_kept
 from hokusai_registry.redaction import redact_url
-from hokusai_registry.settings import Settings, get_settings, is_tracking_server
+from hokusai_registry.settings import Settings, get_settings
+from hokusai_registry.store_uris import is_tracking_server
 from worker.registration import (
     backfill,
     compat,

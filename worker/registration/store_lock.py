@@ -21,7 +21,7 @@ import sqlalchemy
 
 from hokusai_registry.errors import ConfigurationError, RegistryUnavailableError
 from hokusai_registry.redaction import redact_url
-from hokusai_registry.settings import database_dialect, sqlite_file
+from hokusai_registry.store_uris import database_dialect, sqlite_file
 from worker.registration.store_schema import open_engine
 
 #: The lock's name (MySQL), and the source of its PostgreSQL key.

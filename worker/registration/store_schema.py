@@ -18,7 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from hokusai_registry.errors import RegistryUnavailableError
 from hokusai_registry.redaction import redact_url
-from hokusai_registry.settings import TRACKING_DATABASE_DIALECTS, database_dialect, sqlite_file
+from hokusai_registry.store_uris import TRACKING_DATABASE_DIALECTS, database_dialect, sqlite_file
 
 #: Seconds to wait for one connection to a database store. MLflow opens one by retrying its first
 #: connection 10 times over ~100 s, inside one task attempt (or a pool process's start-up, which Celery

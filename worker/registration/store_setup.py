@@ -23,7 +23,8 @@ import logging
 
 from hokusai_registry.errors import RegistryUnavailableError
 from hokusai_registry.log import logging_kept
-from hokusai_registry.settings import Settings, sqlite_file
+from hokusai_registry.settings import Settings
+from hokusai_registry.store_uris import sqlite_file
 from worker.registration.store_lock import schema_lock
 from worker.registration.store_schema import StoreState, inspect_store, is_sql_store
 

@@ -27,6 +27,13 @@ TAG_LIFECYCLE_STAGE = "lifecycle_stage"
 #: ``is_baseline`` tag values.
 TRUE, FALSE = "true", "false"
 
+# --- the webhook's record (worker.webhooks.mlflow_record) -------------------------------
+#: ``webhook_delivered.<endpoint>`` = the UTC ISO-8601 time the version's event was delivered there.
+TAG_WEBHOOK_DELIVERED_PREFIX = "webhook_delivered."
+#: The job's webhook fields that MLflow keeps nowhere else (token_id, user id, benchmark, ...), as JSON,
+#: written at registration so ``webhooks reconcile`` can rebuild the event.
+TAG_WEBHOOK_JOB = "webhook_job"
+
 # --- promotion -----------------------------------------------------------------------
 PRODUCTION_ALIAS = "production"
 #: MLflow's retired stage names: what the pre-upgrade class and its API routes compare against, and

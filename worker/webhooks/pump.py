@@ -18,8 +18,10 @@ from worker.webhooks.store import EventStore
 def pump_deferred_webhooks(store: EventStore, app: Celery, *, lease_s: float, limit: int = 100) -> int:
     """Hand every deferred event that is due to a ``deliver_webhook`` task of ``app``; returns how many.
 
-    The task reuses the webhook task id of the event's job (``<job_id>-webhook``), so the task
-    Flower showed as RETRY while the event waited ends SUCCESS or FAILURE with the delivery.
+    The task reuses the task id the delivery's retries ran under (its stored ``task_id``; else the
+    webhook task id of the event's job, ``<job_id>-webhook``, as for every delivery stored before
+    endpoints existed), so the task Flower showed as RETRY while it waited ends SUCCESS or FAILURE
+    with the delivery.
     Claims are leased for ``lease_s`` (the visibility timeout): an event claimed by a worker that
     dies before publishing its task comes due again then, like any message a dead worker held.
     """
@@ -29,6 +31,8 @@ def pump_deferred_webhooks(store: EventStore, app: Celery, *, lease_s: float, li
     deliver_webhook = app.tasks[DELIVER_WEBHOOK_TASK]
     for event_id in claimed:
         record = store.get(event_id)
-        task_id = webhook_task_id(str(record.event.job_id)) if record is not None else None
+        task_id = None
+        if record is not None:
+            task_id = record.task_id or webhook_task_id(str(record.event.job_id))
         deliver_webhook.apply_async(args=[event_id], task_id=task_id)
     return len(claimed)

@@ -9,6 +9,16 @@ The event hash holds ``event`` (JSON: id, base64 body, created_at, name, version
 ``dead_reason``, ``dead_lettered_at``, ``delivered_at`` and the history: ``attempt:<n>`` →
 ``{at, status_code, error, duration_s}`` (JSON) for the last ``MAX_ATTEMPT_HISTORY`` attempts.
 
+One event becomes one *delivery* per endpoint it goes to (``hokusai_registry.webhook_policy``):
+each delivery is such a hash, under its delivery id (:func:`delivery_id`: the event id itself for
+the ``default`` endpoint, so every event stored before endpoints existed is the default endpoint's
+delivery; ``<event_id>@<endpoint>`` for the others), with its own attempts, schedule and dead
+letter, the same event (id and body) in each. The hash also holds ``endpoint``, ``task_id`` (the
+Celery task id its retries run under) and ``traceparent`` when set. Every method's ``event_id`` is
+such a delivery id. Deliveries to a disabled endpoint are *held* (:meth:`EventStore.hold`) and
+released oldest first (:meth:`EventStore.release_held`); a model's undelivered versions per endpoint
+are indexed by version (:meth:`EventStore.earlier_pending`, for per-model order).
+
 Times are stored as timezone-aware UTC ISO-8601 text. Delivered events (and their job's key)
 expire after ``delivered_ttl_s``; dead letters stay until replayed or removed (at most
 ``records.DEFAULT_MAX_RECORDS``, like every record store). Build a store from the settings with
@@ -19,31 +29,38 @@ of ``hokusai_registry.redis_client``.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any
 
 import redis
-from pydantic import BaseModel, ConfigDict
 
 from hokusai_registry.errors import InvalidInputError
 from hokusai_registry.keys import PREFIX, WebhookKeys
 from hokusai_registry.records import RecordStore
 from hokusai_registry.redis_client import connect, redis_method
 from hokusai_registry.settings import Settings
+from hokusai_registry.webhook_policy import DEFAULT_ENDPOINT
+from worker.webhooks.delivery_records import (
+    ATTEMPT_FIELD,
+    MAX_ATTEMPT_HISTORY,
+    DeadLetter,
+    EventRecord,
+    decode_record,
+    delivery_id,
+    encode_event,
+    iso,
+    text,
+    utc,
+    version_rank,
+)
 from worker.webhooks.event import WebhookEvent
 
 logger = logging.getLogger(__name__)
 
-EventState = Literal["pending", "delivered", "dead"]
 DEFAULT_DELIVERED_TTL_S = 7 * 24 * 3600
 MAX_CLAIM = 1000
-#: Attempts kept per event in its history (``webhooks show``); older ones are only counted.
-MAX_ATTEMPT_HISTORY = 20
-_ATTEMPT_FIELD = "attempt:"
 #: Every method that reads or writes Redis runs inside redis_client's one error translation.
 _using_redis = redis_method("using the webhook event store")
 
@@ -70,80 +87,14 @@ return ids
 """
 
 
-class DeadLetter(BaseModel):
-    """The index entry of a dead-lettered event (its body and history stay in the event hash)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    event_id: str
-    job_id: str | None = None
-    model_name: str
-    version: str
-    reason: str
-    dead_lettered_at: datetime
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One delivery attempt in an event's history: when (UTC), the HTTP status or error, how long."""
-
-    number: int
-    at: datetime
-    status_code: int | None
-    error: str | None
-    duration_s: float | None
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (the time as UTC ISO-8601)."""
-        return {
-            "attempt": self.number,
-            "at": self.at.isoformat(),
-            "status_code": self.status_code,
-            "error": self.error,
-            "duration_s": self.duration_s,
-        }
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    """A stored event with its delivery summary and history (what ``show`` prints)."""
-
-    event: WebhookEvent
-    state: EventState
-    attempts: int
-    first_attempt_at: datetime | None
-    last_attempt_at: datetime | None
-    last_status_code: int | None
-    last_error: str | None
-    dead_reason: str | None
-    dead_lettered_at: datetime | None
-    delivered_at: datetime | None
-    deferred_until: datetime | None
-    history: tuple[Attempt, ...] = ()  # oldest first: the last MAX_ATTEMPT_HISTORY attempts
-
-    def as_dict(self, *, include_body: bool = False, include_history: bool = False) -> dict[str, Any]:
-        """JSON-friendly summary (times as UTC ISO-8601); the body as parsed JSON and the history when asked."""
-        event = self.event
-        summary: dict[str, Any] = {
-            "event_id": event.event_id,
-            "model_name": event.model_name,
-            "version": event.version,
-            "job_id": event.job_id,
-            "created_at": event.created_at.isoformat(),
-            "state": self.state,
-            "attempts": self.attempts,
-            "last_status_code": self.last_status_code,
-            "last_error": self.last_error,
-            "dead_reason": self.dead_reason,
-        }
-        for name in ("first_attempt_at", "last_attempt_at", "dead_lettered_at", "delivered_at", "deferred_until"):
-            moment = getattr(self, name)
-            summary[name] = moment.isoformat() if moment else None
-        if include_history:
-            summary["history"] = [attempt.as_dict() for attempt in self.history]
-        if include_body:
-            summary["body"] = json.loads(event.body)
-        return summary
+# Moves every held delivery (KEYS[1]) to the schedule (KEYS[2]) at its held score (the event's
+# creation time, in the past: due now, oldest first); returns how many.
+_RELEASE_HELD = """
+local items = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #items, 2 do redis.call('ZADD', KEYS[2], items[i + 1], items[i]) end
+redis.call('DEL', KEYS[1])
+return #items / 2
+"""
 
 
 class EventStore:
@@ -172,6 +123,7 @@ class EventStore:
         )
         self._record_attempt = client.register_script(_RECORD_ATTEMPT)
         self._claim_due = client.register_script(_CLAIM_DUE)
+        self._release_held = client.register_script(_RELEASE_HELD)
 
     @classmethod
     def for_settings(cls, settings: Settings, client: redis.Redis | None = None) -> EventStore:
@@ -184,22 +136,45 @@ class EventStore:
     # ------------------------------------------------------------------ events
     @_using_redis
     def save_if_absent(self, event: WebhookEvent) -> WebhookEvent:
-        """Store ``event`` unless one with its id exists; return the stored one either way.
+        """Store ``event`` (its ``default`` delivery) unless stored; return the stored one either way.
 
         A task run twice therefore sends the first build's bytes and timestamp, not a new one.
         """
-        key = self.keys.event(event.event_id)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hsetnx(key, "event", _encode_event(event))
-        pipe.hsetnx(key, "state", "pending")
-        if event.job_id is not None:  # nx: an existing key keeps its expiry
-            pipe.set(self.keys.job(event.job_id), event.event_id, nx=True)
-        created = pipe.execute()[0]
-        if created:
-            logger.info("webhook event %s stored", event.event_id)
-            return event
+        self.save_delivery(event)
         stored = self.get(event.event_id)
         return stored.event if stored is not None else event  # None only if it expired just now
+
+    @_using_redis
+    def save_delivery(
+        self,
+        event: WebhookEvent,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        task_id: str | None = None,
+        traceparent: str | None = None,
+        job_key: bool = True,
+    ) -> bool:
+        """Store ``event``'s delivery to ``endpoint`` unless it exists; True when it was created now.
+
+        ``job_key``: point the job's event key at this delivery (``jobs status``), unless set already.
+        """
+        ident = delivery_id(event.event_id, endpoint)
+        key = self.keys.event(ident)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hsetnx(key, "event", encode_event(event))
+        pipe.hsetnx(key, "state", "pending")
+        pipe.hsetnx(key, "endpoint", endpoint)
+        if task_id:
+            pipe.hsetnx(key, "task_id", task_id)
+        if traceparent:
+            pipe.hsetnx(key, "traceparent", traceparent)
+        if event.job_id is not None and job_key:  # nx: an existing key keeps its expiry
+            pipe.set(self.keys.job(event.job_id), ident, nx=True)
+        created = bool(pipe.execute()[0])
+        if created:
+            self.client.zadd(self.keys.order(endpoint, event.model_name), {ident: version_rank(event.version)})
+            logger.info("webhook event %s stored for endpoint %s", event.event_id, endpoint)
+        return created
 
     @_using_redis
     def get(self, event_id: str) -> EventRecord | None:
@@ -210,14 +185,14 @@ class EventStore:
         fields, due = pipe.execute()
         if not fields:
             return None
-        return _decode_record({_text(k): _text(v) for k, v in fields.items()}, due)
+        return decode_record({text(k): text(v) for k, v in fields.items()}, due)
 
     @_using_redis
     def get_for_job(self, job_id: str) -> EventRecord | None:
         """The event of job ``job_id``, or None when it has none (yet, or any more)."""
         event_id = self.client.get(self.keys.job(job_id))
         if event_id is not None:
-            return self.get(_text(event_id))
+            return self.get(text(event_id))
         # an event stored before the job key existed: its dead letter names the job
         letters = [letter for letter in self.dead_letters.list() if letter.job_id == job_id]
         return self.get(letters[-1].event_id) if letters else None
@@ -238,7 +213,7 @@ class EventStore:
         Raises:
             InvalidInputError: no such event.
         """
-        moment = _iso(at)
+        moment = iso(at)
         entry = {"at": moment, "status_code": status_code, "error": error, "duration_s": duration_s}
         attempts = int(
             self._record_attempt(
@@ -248,7 +223,7 @@ class EventStore:
                     "" if status_code is None else str(status_code),
                     error or "",
                     json.dumps(entry),
-                    _ATTEMPT_FIELD,
+                    ATTEMPT_FIELD,
                     MAX_ATTEMPT_HISTORY,
                 ],
             )
@@ -262,9 +237,10 @@ class EventStore:
         """Mark delivered: leave the dead letters and the schedule, expire after ``delivered_ttl_s``."""
         key, job_id = self._require_with_job(event_id)
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(key, mapping={"state": "delivered", "delivered_at": _iso(at)})
+        pipe.hset(key, mapping={"state": "delivered", "delivered_at": iso(at)})
         self.dead_letters.remove_in(pipe, event_id)
         pipe.zrem(self.keys.deferred, event_id)
+        self._leave_order(pipe, event_id)
         pipe.expire(key, self.delivered_ttl_s)
         if job_id is not None:
             pipe.expire(self.keys.job(job_id), self.delivered_ttl_s)
@@ -277,9 +253,10 @@ class EventStore:
         key = self._require(event_id)
         stored = self.get(event_id)
         assert stored is not None  # _require saw it
-        moment = _utc(at)
+        moment = utc(at)
         letter = DeadLetter(
             event_id=event_id,
+            endpoint=stored.endpoint,
             job_id=stored.event.job_id,
             model_name=stored.event.model_name,
             version=str(stored.event.version),
@@ -287,20 +264,23 @@ class EventStore:
             dead_lettered_at=moment,
         )
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(key, mapping={"state": "dead", "dead_reason": reason, "dead_lettered_at": _iso(moment)})
+        pipe.hset(key, mapping={"state": "dead", "dead_reason": reason, "dead_lettered_at": iso(moment)})
         pipe.persist(key)
         if stored.event.job_id is not None:
             pipe.set(self.keys.job(stored.event.job_id), event_id)  # kept as long as the dead letter
         self.dead_letters.put_in(pipe, letter)
         pipe.zrem(self.keys.deferred, event_id)
+        self._leave_order(pipe, event_id)
         pipe.execute()
         self.dead_letters.trim()
         logger.warning("webhook event %s dead-lettered", event_id)
 
     @_using_redis
-    def list_dead_letters(self, since: datetime | None = None) -> list[EventRecord]:
-        """Dead letters, oldest first; with ``since``, only those dead-lettered at or after it."""
-        records = [self.get(letter.event_id) for letter in self.dead_letters.list(since)]
+    def list_dead_letters(self, since: datetime | None = None, *, endpoint: str | None = None) -> list[EventRecord]:
+        """Dead letters, oldest first; with ``since``, only those dead-lettered at or after it; with
+        ``endpoint``, only that endpoint's."""
+        letters = [letter for letter in self.dead_letters.list(since) if endpoint in (None, letter.endpoint)]
+        records = [self.get(letter.event_id) for letter in letters]
         return [record for record in records if record is not None]
 
     @_using_redis
@@ -329,7 +309,12 @@ class EventStore:
     def defer(self, event_id: str, due_at: datetime) -> None:
         """Schedule a retry at ``due_at`` durably (for waits too long for a Celery countdown)."""
         self._require(event_id)
-        self.client.zadd(self.keys.deferred, {event_id: _utc(due_at).timestamp()})
+        self.client.zadd(self.keys.deferred, {event_id: utc(due_at).timestamp()})
+
+    @_using_redis
+    def wake(self, event_id: str) -> None:
+        """Make a delivery that waits in the schedule due now (nothing when it is not scheduled)."""
+        self.client.zadd(self.keys.deferred, {event_id: utc(None).timestamp()}, xx=True)
 
     @_using_redis
     def undefer(self, event_id: str) -> None:
@@ -348,10 +333,63 @@ class EventStore:
             raise InvalidInputError(f"limit must be between 1 and {MAX_CLAIM}, got {limit}")
         if lease_s <= 0:
             raise InvalidInputError(f"lease_s must be positive, got {lease_s}")
-        claimed = self._claim_due(keys=[self.keys.deferred], args=[_utc(now).timestamp(), limit, lease_s])
-        return [_text(item) for item in claimed]
+        claimed = self._claim_due(keys=[self.keys.deferred], args=[utc(now).timestamp(), limit, lease_s])
+        return [text(item) for item in claimed]
+
+    # ------------------------------------------------------------------ held (disabled endpoint)
+    @_using_redis
+    def hold(self, event_id: str) -> None:
+        """Keep a delivery whose endpoint is disabled, off the schedule, until :meth:`release_held`."""
+        stored = self.get(event_id)
+        if stored is None:
+            raise InvalidInputError(f"no stored webhook event {event_id}")
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zadd(self.keys.held(stored.endpoint), {event_id: stored.event.created_at.timestamp()})
+        pipe.zrem(self.keys.deferred, event_id)
+        pipe.execute()
+
+    @_using_redis
+    def held(self, endpoint: str) -> list[str]:
+        """The deliveries held for ``endpoint``, oldest event first."""
+        return [text(item) for item in self.client.zrange(self.keys.held(endpoint), 0, -1)]
+
+    @_using_redis
+    def release_held(self, endpoint: str) -> int:
+        """Put ``endpoint``'s held deliveries back on the schedule, due now, oldest event first.
+
+        Each is scheduled at its event's creation time (long past), so the pump hands them over
+        in that order. Returns how many.
+        """
+        return int(self._release_held(keys=[self.keys.held(endpoint), self.keys.deferred]) or 0)
+
+    # ------------------------------------------------------------------ per-model order
+    @_using_redis
+    def earlier_pending(self, record: EventRecord) -> EventRecord | None:
+        """The earliest undelivered, not dead-lettered version of ``record``'s model to its endpoint,
+        when it is earlier than ``record``'s version; else None (``record`` may go)."""
+        key = self.keys.order(record.endpoint, record.event.model_name)
+        rank = version_rank(record.event.version)
+        for item in self.client.zrangebyscore(key, "-inf", f"({rank}", start=0, num=5):
+            found = self.get(text(item))
+            if found is not None and found.state == "pending":
+                return found
+            self.client.zrem(key, item)  # expired or settled without leaving: no longer in the way
+        return None
+
+    @_using_redis
+    def next_in_order(self, record: EventRecord) -> str | None:
+        """The delivery id of the next version of ``record``'s model to its endpoint, if any waits."""
+        key = self.keys.order(record.endpoint, record.event.model_name)
+        after = self.client.zrangebyscore(key, f"({version_rank(record.event.version)}", "+inf", start=0, num=1)
+        return text(after[0]) if after else None
 
     # ------------------------------------------------------------------ internals
+    def _leave_order(self, pipe: Any, event_id: str) -> None:
+        """Queue the removal of ``event_id`` from its model's order index onto ``pipe``."""
+        stored = self.get(event_id)
+        if stored is not None:
+            pipe.zrem(self.keys.order(stored.endpoint, stored.event.model_name), event_id)
+
     def _require(self, event_id: str) -> str:
         key = self.keys.event(event_id)
         if not self.client.hexists(key, "event"):
@@ -363,75 +401,5 @@ class EventStore:
         encoded = self.client.hget(key, "event")
         if encoded is None:
             raise InvalidInputError(f"no stored webhook event {event_id}")
-        job_id: str | None = json.loads(_text(encoded))["job_id"]
+        job_id: str | None = json.loads(text(encoded))["job_id"]
         return key, job_id
-
-
-def _encode_event(event: WebhookEvent) -> str:
-    return json.dumps(
-        {
-            "event_id": event.event_id,
-            "body_b64": base64.b64encode(event.body).decode("ascii"),
-            "created_at": _iso(event.created_at),
-            "model_name": event.model_name,
-            "version": event.version,
-            "job_id": event.job_id,
-        }
-    )
-
-
-def _decode_record(fields: dict[str, str], due: float | None) -> EventRecord:
-    data = json.loads(fields["event"])
-    event = WebhookEvent(
-        event_id=data["event_id"],
-        body=base64.b64decode(data["body_b64"]),
-        created_at=datetime.fromisoformat(data["created_at"]),
-        model_name=data["model_name"],
-        version=data["version"],
-        job_id=data["job_id"],
-    )
-    status = fields.get("last_status_code")
-    history = sorted(
-        (_decode_attempt(int(name.removeprefix(_ATTEMPT_FIELD)), value)
-         for name, value in fields.items() if name.startswith(_ATTEMPT_FIELD)),
-        key=lambda attempt: attempt.number,
-    )  # fmt: skip
-    return EventRecord(
-        event=event,
-        state=fields.get("state", "pending"),  # type: ignore[arg-type]
-        attempts=int(fields.get("attempts", 0)),
-        first_attempt_at=_parse_time(fields.get("first_attempt_at")),
-        last_attempt_at=_parse_time(fields.get("last_attempt_at")),
-        last_status_code=int(status) if status else None,
-        last_error=fields.get("last_error") or None,
-        dead_reason=fields.get("dead_reason") or None,
-        dead_lettered_at=_parse_time(fields.get("dead_lettered_at")),
-        delivered_at=_parse_time(fields.get("delivered_at")),
-        deferred_until=datetime.fromtimestamp(due, UTC) if due is not None else None,
-        history=tuple(history),
-    )
-
-
-def _decode_attempt(number: int, text: str) -> Attempt:
-    data = json.loads(text)
-    return Attempt(number, datetime.fromisoformat(data["at"]), data["status_code"], data["error"], data["duration_s"])
-
-
-def _utc(moment: datetime | None) -> datetime:
-    if moment is None:
-        return datetime.now(UTC)
-    if moment.tzinfo is None:
-        raise InvalidInputError(f"times must be timezone-aware, got naive {moment.isoformat()}")
-    return moment.astimezone(UTC)
-
-
-def _iso(moment: datetime | None) -> str:
-    return _utc(moment).isoformat()
-
-
-def _parse_time(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
