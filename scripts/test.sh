@@ -4,7 +4,8 @@
 # The whole suite (no arguments) runs on the MLflow the lock pins (image-requirements.lock). Beside
 # it run the registry and queue tests on the oldest supported MLflow (the newest 3.4.x) and then on
 # the newest release (scripts/mlflow-newest.sh), each in a virtualenv this script installs and keeps
-# (.venv-mlflow-oldest, .venv-mlflow-newest; HOKUSAI_SKIP_MLFLOW_VERSIONS=1 skips both), and the Docker stack test
+# (.venv-mlflow-oldest, .venv-mlflow-newest; HOKUSAI_SKIP_MLFLOW_VERSIONS=1 skips both, and then the
+# network-namespace and object-store tests run in the main suite instead), and the Docker stack test
 # (scripts/stack-test.sh: it needs root; HOKUSAI_SKIP_STACK_TEST=1 skips it, and so does a non-root
 # run outside CI, saying so; with CI=true a non-root run fails instead).
 set -euo pipefail
@@ -29,6 +30,8 @@ VERSION_TESTS=(
   tests/test_queue.py tests/test_served_artifacts.py tests/test_direct_database.py
   tests/test_store_setup.py tests/test_doctor.py
 )
+#: Minutes of waiting on servers of their own (no Redis database of the suite's): run beside it too.
+BESIDE_TESTS=(tests/test_hosts.py tests/test_object_store.py)
 versions_pid=""
 if [ -z "${HOKUSAI_SKIP_MLFLOW_VERSIONS:-}" ]; then
   versions_log="$(mktemp -t hokusai-mlflow-versions.XXXXXX)"
@@ -42,6 +45,8 @@ if [ -z "${HOKUSAI_SKIP_MLFLOW_VERSIONS:-}" ]; then
     { bash scripts/mlflow-newest.sh "$ROOT/.venv-mlflow-newest" &&
       HOKUSAI_TEST_REDIS_DB=13 "$ROOT/.venv-mlflow-newest/bin/python" -m pytest -p no:cacheprovider \
         -k "not test_200_jobs" "${VERSION_TESTS[@]}"; } || rc=1
+    echo "==> the hosts in network namespaces and the object store (their own servers; run here to share the wait)"
+    python -m pytest -p no:cacheprovider "${BESIDE_TESTS[@]}" || rc=1
     exit "$rc"
   ) > "$versions_log" 2>&1 &
   versions_pid=$!
@@ -62,7 +67,9 @@ if [ -z "${HOKUSAI_SKIP_STACK_TEST:-}" ]; then
   fi
 fi
 main_rc=0
-python -m pytest || main_rc=$?
+ignore=()
+[ -n "$versions_pid" ] && for test in "${BESIDE_TESTS[@]}"; do ignore+=(--ignore "$test"); done
+python -m pytest "${ignore[@]}" || main_rc=$?
 versions_rc=0
 if [ -n "$versions_pid" ]; then
   wait "$versions_pid" || versions_rc=$?

@@ -1,7 +1,8 @@
 """Smoke run of the benchmarks with tiny sizes: the commands work and write what the README promises.
 
 Not a benchmark: the numbers are meaningless at these sizes. Runs ``bench.run`` (sqlite only,
-2 repetitions, the slow old path skipped) and ``bench.load`` (5 jobs) as subprocesses; each starts
+2 repetitions, the slow old path skipped), ``bench.load`` (5 jobs) and ``bench.soak`` (100 jobs;
+its correctness checks must pass, the drift checks need the full run) as subprocesses; each starts
 a ``redis-server`` of its own (fails, never skips, when the binary is missing).
 """
 
@@ -74,3 +75,21 @@ def test_bench_run_and_load_smoke(tmp_path: Path) -> None:
     assert outcome["receiver"]["accepted_keys"] == 6
     assert outcome["throughput"]["jobs_per_s"] > 0
     assert {"before", "after"} <= set(outcome["redis"]) and outcome["worker_memory"]["peak_total_mib"] > 0
+
+
+def test_bench_soak_smoke(tmp_path: Path) -> None:
+    output, plot = tmp_path / "soak.json", tmp_path / "soak.png"
+    soak = run_module(
+        "bench.soak", "--jobs", "100", "--result-expires", "10", "--output", str(output), "--plot", str(plot),
+        timeout_s=600,
+    )  # fmt: skip
+    assert output.exists() and plot.stat().st_size > 0, soak.stdout[-3000:] + soak.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert set(report["checks"]) == {"none_lost", "no_duplicate_version", "every_event_delivered_once",
+                                     "worker_rss_growth_within_5pct", "redis_memory_back_within_10pct",
+                                     "throughput_last_vs_first_within_5pct"}  # fmt: skip
+    # correctness holds at any size; RSS and throughput drift need the full run to mean anything
+    for name in ("none_lost", "no_duplicate_version", "every_event_delivered_once", "redis_memory_back_within_10pct"):
+        assert report["checks"][name], (name, soak.stdout[-3000:])
+    assert report["latency"]["n"] == 100 and report["latency"]["p99_ms"] >= report["latency"]["median_ms"]
+    assert soak.returncode == (0 if report["ok"] else 1)

@@ -396,6 +396,47 @@ def test_worker_is_scalable() -> None:
     assert argv_of(worker["command"])[:4] == ["celery", "-A", "worker", "worker"], worker["command"]
 
 
+#: The stop grace rule of deploy/kubernetes/worker-deployment.yaml: grace >= TASK_TIME_LIMIT_S + 60 s.
+STOP_GRACE_MARGIN_S = 60
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)")
+_DURATION_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
+
+
+def compose_duration_s(value: str | int) -> float:
+    """A compose duration (``660s``, ``11m``, ``1m30s``; a bare number is seconds) in seconds."""
+    text = str(value).strip()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    parts = _DURATION_PART_RE.findall(text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a compose duration: {value!r}"
+    return sum(float(n) * _DURATION_UNIT_S[u] for n, u in parts)
+
+
+def service_environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def test_compose_duration_parser() -> None:
+    assert compose_duration_s("2m") == 120
+    assert compose_duration_s("1m30s") == 90
+    assert compose_duration_s("660s") == compose_duration_s(660) == 660
+
+
+def test_worker_stop_grace_covers_the_task_time_limit() -> None:
+    """SIGTERM starts the warm shutdown; compose SIGKILLs after stop_grace_period (default 10 s), so
+    the grace must let a running job reach its hard limit plus the margin, as on Kubernetes."""
+    worker = interpolated_compose()["services"]["worker"]
+    grace = compose_duration_s(worker.get("stop_grace_period", "10s"))
+    given = service_environment(worker).get("TASK_TIME_LIMIT_S") or example_env().get("TASK_TIME_LIMIT_S")
+    limit = int(given) if given else Settings.model_fields["task_time_limit_s"].default
+    assert grace >= limit + STOP_GRACE_MARGIN_S, (
+        f"worker stop_grace_period {grace:g} s < TASK_TIME_LIMIT_S {limit} + {STOP_GRACE_MARGIN_S} s"
+    )
+
+
 def test_worker_waits_for_healthy_redis_postgres_and_mlflow() -> None:
     depends = load_compose()["services"]["worker"].get("depends_on") or {}
     for needed in ("redis", "postgres", "mlflow"):

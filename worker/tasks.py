@@ -141,6 +141,23 @@ def deliver_webhook(self: Task, event_id: str) -> dict[str, Any]:
     return _send_event(self, event_id)
 
 
+def _tag_delivered(event_id: str, endpoint: str) -> None:
+    """Tag the version as delivered to ``endpoint``; never fails the delivery, which has happened.
+
+    MLflow (or Redis) may be away right now: the tag is then missing, and ``webhooks reconcile``
+    writes it later from the event store's record, or leaves the event alone while Redis holds it.
+    """
+    try:
+        record = get_event_store().get(event_id)
+        registry = get_registry() if record is not None else None
+    except Exception as exc:  # the registry's store, or Redis, is unreachable: only the tag is lost
+        logger.warning("webhook %s delivered; its version could not be tagged as delivered: %s", event_id, exc)
+        return
+    if record is not None and registry is not None:
+        at = record.delivered_at or datetime.now(UTC)
+        mlflow_record.record_delivery(registry, record.event.model_name, record.event.version, endpoint, at)
+
+
 def _send_event(task: Task, event_id: str) -> dict[str, Any]:
     """One attempt of a stored event; the task's Celery state says what became of it.
 
@@ -183,9 +200,6 @@ def _send_event(task: Task, event_id: str) -> dict[str, Any]:
         raise WebhookDeadLetteredError(message)
     if outcome.status == "delivered":
         observe_webhook_settled("delivered", endpoint=endpoint)
-        record = get_event_store().get(event_id)
-        if record is not None:  # the version says the site was told (never fails the delivery)
-            at = record.delivered_at or datetime.now(UTC)
-            mlflow_record.record_delivery(get_registry(), record.event.model_name, record.event.version, endpoint, at)
+        _tag_delivered(event_id, endpoint)
     logger.info("webhook %s: %s after %d attempt(s)", event_id, outcome.status, outcome.attempt)
     return outcome.as_dict()
