@@ -21,6 +21,9 @@ from hokusai_registry.settings import settings_or_exit
 
 _settings = settings_or_exit("the worker")
 
+#: Seconds the unacked sweep's Redis lock outlives a holder that died (kombu's default: 300).
+UNACKED_MUTEX_EXPIRE_S = 10
+
 broker_url = _settings.redis_url
 result_backend = _settings.redis_url
 broker_connection_retry_on_startup = True
@@ -42,6 +45,11 @@ broker_transport_options = {
     # Sweep for a dead worker's unacked messages every interval (kombu's default is ~100 s).
     "unacked_restore_interval": _settings.unacked_restore_interval_s,
     "unacked_restore_throttle": 1,
+    # The sweep's lock in Redis. A worker killed, or cut off from Redis, while it holds the lock
+    # stops every worker's sweep until the lock expires: kombu's 300 s would add five minutes to a
+    # crashed job's redelivery. A sweep takes milliseconds, and a sweep that overlaps another is
+    # safe: each message is restored in a transaction.
+    "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
 }
 result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout_s}
 task_time_limit = _settings.task_time_limit_s

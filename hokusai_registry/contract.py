@@ -80,6 +80,10 @@ MODEL_UUID_RE = re.compile(r"^(m-[0-9a-f]{32}|[0-9a-f]{32})$")
 BASELINE_ID_RE = re.compile(r"^(?P<stem>[A-Za-z0-9_.\-]{1,240})_baseline/(?P<version>[1-9][0-9]{0,17})$")
 TOKEN_ID_RE = re.compile(r"^[a-z0-9-]+$")
 GIT_COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
+#: W3C Trace Context ``traceparent``, version 00 form; nothing else is passed on (it becomes an HTTP
+#: header, so a loose value would be a header injection).
+TRACEPARENT_RE = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
+TRACEPARENT_HINT = "must be a W3C traceparent: 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>, lower case"
 
 _METRIC_NAME_RE = re.compile(r"^[A-Za-z0-9_\-. /:]{1,250}$")
 METRIC_NAME_HINT = (
@@ -286,6 +290,12 @@ class RegistrationJob(BaseModel):
     benchmark_spec_id: str | None = None
     benchmark: BenchmarkGate | None = None
 
+    # tracing
+    traceparent: str | None = Field(
+        default=None,
+        description="W3C trace context of the pipeline's span; set by enqueue from the caller's OpenTelemetry span.",
+    )
+
     #: ``baseline_id``, parsed once by the validator (None for a baseline job).
     _baseline: BaselineRef | None = PrivateAttr(default=None)
 
@@ -295,6 +305,14 @@ class RegistrationJob(BaseModel):
         if self._baseline is None and self.baseline_id is not None:  # built without validation (model_construct)
             self._baseline = parse_baseline_id(self.baseline_id)
         return self._baseline
+
+    @property
+    def trace_context(self) -> str | None:
+        """The job's ``traceparent``; for jobs that carry it only in their metadata, that one when well-formed."""
+        if self.traceparent is not None:
+            return self.traceparent
+        legacy = self.metadata.get("traceparent")
+        return legacy if isinstance(legacy, str) and TRACEPARENT_RE.fullmatch(legacy) else None
 
     @field_validator("metadata", mode="before")
     @classmethod
@@ -342,6 +360,13 @@ class RegistrationJob(BaseModel):
     def _check_contributor(cls, value: str | None) -> str | None:
         if value is not None and not is_contributor_address(value):
             raise ValueError(CONTRIBUTOR_HINT)
+        return value
+
+    @field_validator("traceparent")
+    @classmethod
+    def _check_traceparent(cls, value: str | None) -> str | None:
+        if value is not None and not TRACEPARENT_RE.fullmatch(value):
+            raise ValueError(TRACEPARENT_HINT)
         return value
 
     @field_validator("token_id")

@@ -25,6 +25,7 @@ from hokusai_registry.validation import validate_job
 from producers import outbox
 from producers.broker import call_with_retry, results_app
 from producers.publish import publish_job
+from producers.trace_context import current_traceparent
 
 # ENQUEUED_KEY_PREFIX is re-exported for producers.staging: ``keys.enqueued_key(job_id)`` is what
 # the producer enqueued (kept as long as results), so an id never enqueued reads ``UNKNOWN``.
@@ -61,6 +62,10 @@ def enqueue_registration(
     (``producers.outbox``). After a successful publish, jobs other calls spooled are sent too,
     within ``HOKUSAI_OUTBOX_FLUSH_S``.
 
+    When the caller has an OpenTelemetry span and the job no ``traceparent`` of its own, the span's
+    W3C ``traceparent`` is put into the job (``producers.trace_context``): the worker continues that
+    trace, tags the MLflow run with it, and the webhook carries it to the marketplace.
+
     Args:
         job_or_fields: a :class:`RegistrationJob` or its fields (``job_id`` is generated when absent).
         settings: default: read from the environment (``REDIS_URL``, ``ENQUEUE_RETRY_S``, ``HOKUSAI_OUTBOX*``).
@@ -79,6 +84,8 @@ def enqueue_registration(
     """
     settings = settings or get_settings()
     job = validate_job(job_or_fields, settings)
+    if job.trace_context is None and (caller_span := current_traceparent()) is not None:
+        job = job.model_copy(update={"traceparent": caller_span})
     job_id = str(job.job_id)
     payload = job.model_dump(mode="json")
     try:

@@ -44,6 +44,18 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
     _reset_mlflow_globals()
 
 
+@pytest.fixture(autouse=True)
+def _no_exit_flush_left_behind() -> Iterator[None]:
+    """A test that spools to an outbox in this process does not leave pytest a flush to run at its exit."""
+    yield
+    import atexit
+
+    from producers import outbox
+
+    atexit.unregister(outbox._flush_at_exit)
+    outbox._exit_flush.clear()
+
+
 def _reset_mlflow_globals() -> None:
     """Forget the tracking and registry URIs a test set process-wide.
 

@@ -65,7 +65,7 @@ PASSED_THROUGH_PREFIXES = ("PIP_",)
 
 #: Commands that run until stopped: (pattern of the command, pattern of its "ready" log line).
 SERVERS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"^(\w+=\S+\s+)*celery -A worker worker\b"), r"ready\."),
+    (re.compile(r"^(\w+=\S+\s+)*(opentelemetry-instrument\s+)?celery -A worker worker\b"), r"ready\."),
     (re.compile(r"^(\w+=\S+\s+)*celery -A worker flower\b"), r"Visit me at|Registered tasks"),
     (re.compile(r"^(\w+=\S+\s+)*python -m devtools\.receiver\b"), r"webhook receiver listening"),
 )

@@ -14,6 +14,7 @@ import yaml
 
 from hokusai_registry import contract
 from hokusai_registry.settings import Settings
+from worker import spans
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -166,7 +167,8 @@ def test_links_between_pages_resolve() -> None:
 
 
 def test_queue_and_task_names_are_real() -> None:
-    real = {contract.REGISTRATION_QUEUE, contract.WEBHOOK_QUEUE, contract.REGISTER_TASK, contract.WEBHOOK_TASK}
+    real = {contract.REGISTRATION_QUEUE, contract.WEBHOOK_QUEUE, contract.REGISTER_TASK, contract.WEBHOOK_TASK,
+            spans.REGISTER_SPAN, spans.WEBHOOK_SPAN, spans.JOB_ID_ATTRIBUTE, spans.EVENT_ID_ATTRIBUTE}  # fmt: skip
     for page in doc_pages():
         for name in _NAME_RE.findall(page.read_text(encoding="utf-8")):
             assert name in real, f"{page.name} names {name!r}, which is no queue or task of the contract"

@@ -8,7 +8,6 @@ real ``celery -A worker worker`` that registers every spooled job exactly once a
 
 from __future__ import annotations
 
-import atexit
 import base64
 import json
 import logging
@@ -127,14 +126,6 @@ class OwnRedis:
             stop_process_group(self.process)  # SIGTERM: Redis fsyncs its AOF and exits
             self.process = None
         wait_until(lambda: not port_open("127.0.0.1", self.port), timeout_s=10, what="our redis-server to stop")
-
-
-@pytest.fixture(autouse=True)
-def _no_exit_flush_left_behind() -> Iterator[None]:
-    """A test that spools in this process does not leave pytest a flush to run at its exit."""
-    yield
-    atexit.unregister(producer_outbox._flush_at_exit)
-    producer_outbox._exit_flush.clear()
 
 
 def cli(group: Any, args: list[str], env: dict[str, str]) -> Any:

@@ -150,3 +150,34 @@ def test_sigterm_then_sigkill_at_grace_expiry_hands_the_job_to_another_worker(
         assert result.result["version"] == str(versions[0].version)
         assert len(accepted_for(receiver, str(versions[0].version))) == 1
         assert len(receiver.events) == 1
+
+
+def test_the_sweep_lock_a_worker_takes_expires_in_seconds_not_kombus_five_minutes(
+    worker_env: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    """A worker killed (or cut off) while it holds the unacked sweep's lock blocks every sweep until
+    the lock expires: the lease a real worker asks Redis for is celeryconfig's, not kombu's 300 s."""
+    import threading
+
+    import redis
+
+    from celeryconfig import UNACKED_MUTEX_EXPIRE_S
+
+    leases: list[str] = []
+    watcher = redis.Redis.from_url(redis_url)
+
+    def watch() -> None:  # MONITOR: every command the server executes
+        try:
+            with watcher.monitor() as monitor:
+                for entry in monitor.listen():
+                    if entry["command"].startswith("SET unacked_mutex "):
+                        leases.append(entry["command"])
+        except (redis.RedisError, ValueError):
+            pass  # the connection is closed when the test ends
+
+    threading.Thread(target=watch, daemon=True).start()
+    with WorkerProcess(worker_env, tmp_path):  # sweeps every UNACKED_RESTORE_INTERVAL_S (1 s here)
+        wait_until(lambda: leases, timeout_s=30, what="a sweep taking its lock")
+    watcher.close()
+    assert leases[0].split()[-2:] == ["PX", str(UNACKED_MUTEX_EXPIRE_S * 1000)], leases[0]
+    assert UNACKED_MUTEX_EXPIRE_S < 60

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from standardwebhooks import Webhook
 
 from devtools import builders
-from devtools.receiver import WebhookReceiver
+from devtools.receiver import ScriptedResponse, WebhookReceiver
 from hokusai_app.cli import main
 from hokusai_registry.settings import Settings
 from hokusai_registry.webhook_policy import configured_endpoints, new_secret
@@ -26,7 +26,7 @@ from tests.worker_process import WorkerProcess, wait_until
 from worker.webhooks.delivery import send_stored_event
 from worker.webhooks.delivery_records import delivery_id
 from worker.webhooks.endpoints import rotate_secret
-from worker.webhooks.fanout import store_deliveries, traceparent_of
+from worker.webhooks.fanout import store_deliveries
 from worker.webhooks.replay import replay_dead_letters
 from worker.webhooks.store import EventStore
 
@@ -156,16 +156,36 @@ def test_a_later_version_waits_for_an_earlier_one_of_its_model_unless_it_was_dea
         assert [json.loads(r.body)["model"]["version"] for r in receiver.requests][-1] == "3"
 
 
+@pytest.mark.slow
+def test_a_version_waiting_behind_the_one_in_flight_goes_when_it_lands_not_at_the_next_poll(
+    worker_env: dict[str, str], redis_url: str, staging: Path, sk_model: Any, tmp_path: Path
+) -> None:
+    """Two workers, one model: version 2's webhook waits while version 1's is in flight (a slow
+    receiver), and is sent as soon as version 1 lands, although the schedule polls only every 60 s."""
+    secret = new_secret()
+    with WebhookReceiver(secret) as receiver:
+        receiver.script(ScriptedResponse(200, delay_s=3))
+        env = {**worker_env, "WEBHOOK_URL": receiver.url, "WEBHOOK_SECRET": secret, "WEBHOOK_ALLOW_HTTP": "true",
+               "WEBHOOK_SCHEDULE_POLL_S": "60"}  # fmt: skip
+        app = client_app(redis_url)
+        with WorkerProcess(env, tmp_path) as first, WorkerProcess(env, tmp_path) as second:
+            model_dir = save_model_dir(sk_model, staging)
+            jobs = [enqueue_registration(job_fields(model_dir)) for _ in range(2)]
+            for job_id in jobs:
+                assert wait_result(app, webhook_task_id(job_id), timeout_s=45).result["status"] == "delivered"
+            logs = first.log_text() + second.log_text()
+    assert "waits for version 1 of" in logs, "version 2 did not wait: the test saw no overlap"
+    versions = [json.loads(r.body)["model"]["version"] for r in receiver.requests]
+    assert versions == ["1", "2"]
+    gap = (receiver.requests[1].received_at - receiver.requests[0].received_at).total_seconds()
+    assert gap < 10, f"version 2 arrived {gap:.1f} s after version 1 (the poll is 60 s)"
+
+
 def test_a_legacy_event_stored_before_endpoints_is_the_default_endpoints_delivery(store: EventStore) -> None:
     event = store.save_if_absent(builders.event("3", token_id="xray-7"))
     record = store.get(event.event_id)
     assert record is not None and record.endpoint == "default" and record.delivery_id == event.event_id
     assert delivery_id(event.event_id) == event.event_id
-
-
-def test_traceparent_is_taken_only_when_well_formed() -> None:
-    assert traceparent_of({"traceparent": TRACEPARENT}) == TRACEPARENT
-    assert traceparent_of({"traceparent": "00-bad\r\nx: y"}) is None and traceparent_of(None) is None
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ from hokusai_registry.errors import (
 from hokusai_registry.keys import job_lock_key
 from hokusai_registry.settings import Settings, get_settings
 from hokusai_registry.validation import validate_job
+from worker import spans
 from worker.base_task import HokusaiTask
 from worker.celery_app import app
 from worker.clients import get_event_store, get_http_client, get_redis, get_registry
@@ -88,7 +89,8 @@ def register_model(self: HokusaiTask, job: dict[str, Any]) -> dict[str, Any]:
                 raise
             result = found
         else:
-            with job_lock(job_id, settings):
+            span = spans.continued(spans.REGISTER_SPAN, parsed.trace_context, {spans.JOB_ID_ATTRIBUTE: job_id})
+            with job_lock(job_id, settings), span:
                 result = register_job(parsed, get_registry(), settings, redis_client=get_redis())
     except Exception as exc:
         countdown = self.retry_countdown(
@@ -125,20 +127,27 @@ def emit_webhook(self: Task, result: dict[str, Any]) -> dict[str, Any]:
     event = events.build_event(result, job, now=mlflow_record.event_time(result))  # what reconcile rebuilds
     log.bind(event_id=event.event_id)
     store = get_event_store()
-    # a re-run finds the first run's deliveries; the other endpoints' go to their own tasks at once
-    first, others = fanout.store_deliveries(store, event, targets, traceparent=fanout.traceparent_of(job.metadata))
-    if others:
-        pump_deferred_webhooks(store, app, lease_s=settings.visibility_timeout_s)
-    return {**summary, **_send_event(self, first)}
+    with spans.continued(spans.WEBHOOK_SPAN, job.trace_context, _span_attributes(event.job_id, event.event_id)):
+        # a re-run finds the first run's deliveries; the other endpoints' go to their own tasks at once
+        first, others = fanout.store_deliveries(store, event, targets, traceparent=job.trace_context)
+        if others:
+            pump_deferred_webhooks(store, app, lease_s=settings.visibility_timeout_s)
+        return {**summary, **_send_event(self, first)}
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, bind=True, max_retries=None)
 def deliver_webhook(self: Task, event_id: str) -> dict[str, Any]:
     """Send an event that is already stored (a deferred retry that came due)."""
     record = get_event_store().get(event_id)
-    if record is not None:
-        log.bind(job_id=record.event.job_id, version=record.event.version)
-    return _send_event(self, event_id)
+    if record is None:
+        return _send_event(self, event_id)
+    log.bind(job_id=record.event.job_id, version=record.event.version)
+    with spans.continued(spans.WEBHOOK_SPAN, record.traceparent, _span_attributes(record.event.job_id, event_id)):
+        return _send_event(self, event_id)
+
+
+def _span_attributes(job_id: str, event_id: str) -> dict[str, str | int]:
+    return {spans.JOB_ID_ATTRIBUTE: job_id, spans.EVENT_ID_ATTRIBUTE: event_id}
 
 
 def _tag_delivered(event_id: str, endpoint: str) -> None:
@@ -168,13 +177,16 @@ def _send_event(task: Task, event_id: str) -> dict[str, Any]:
     """
     log.bind(event_id=event_id)
     endpoint = endpoint_of_delivery(event_id)
+    store, settings = get_event_store(), get_settings()
     outcome = delivery.send_stored_event(
-        get_event_store(),
+        store,
         event_id,
-        settings=get_settings(),
+        settings=settings,
         client=get_http_client(),
         on_attempt=lambda status_code: observe_webhook_attempt(status_code, endpoint=endpoint),
     )
+    if outcome.woke_next:  # the model's next version waited behind this one: send it now, not at the next poll
+        pump_deferred_webhooks(store, app, lease_s=settings.visibility_timeout_s)
     if outcome.status == "retry":
         assert outcome.countdown_s is not None
         logger.warning("webhook attempt %d failed (%s); retrying in %.1fs", outcome.attempt, outcome.reason,

@@ -86,6 +86,7 @@ def register_job(
         "contributor": job.contributor,
         # the job's webhook fields, so `webhooks reconcile` can rebuild the event from MLflow alone
         "extra_version_tags": {tags.TAG_JOB_ID: job_id, **mlflow_record.job_record_tags(job)},
+        "extra_run_tags": {tags.RUN_TAG_TRACEPARENT: job.trace_context} if job.trace_context else None,
     }
     logged = None if first else _previous_attempt_model(registry, job_id)
     if logged is not None:

@@ -204,6 +204,7 @@ class HokusaiModelRegistry:
         contributor: str | None = None,
         extra_version_tags: Mapping[str, str] | None = None,
         extra_logged_model_tags: Mapping[str, str] | None = None,
+        extra_run_tags: Mapping[str, str] | None = None,
         metrics: Mapping[str, float] | None = None,
         existing_model_info: ModelInfo | None = None,
     ) -> dict[str, Any]:
@@ -245,7 +246,10 @@ class HokusaiModelRegistry:
                 model_info = self._log_in_run(
                     model,
                     run_name=model_name,
-                    run_tags={tags.RUN_GIT_TAGS[key]: value for key, value in lineage_tags.items()},
+                    run_tags={
+                        **{tags.RUN_GIT_TAGS[key]: value for key, value in lineage_tags.items()},
+                        **(extra_run_tags or {}),
+                    },
                     run_params=run_params,
                     params=model_inputs.searchable_params(meta),
                     model_tags=dict(extra_logged_model_tags or {}),

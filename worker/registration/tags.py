@@ -27,6 +27,10 @@ TAG_LIFECYCLE_STAGE = "lifecycle_stage"
 #: ``is_baseline`` tag values.
 TRUE, FALSE = "true", "false"
 
+# --- run tags ---------------------------------------------------------------------------
+#: The job's W3C trace context (the pipeline's span, ``RegistrationJob.trace_context``), on the run.
+RUN_TAG_TRACEPARENT = "traceparent"
+
 # --- the webhook's record (worker.webhooks.mlflow_record) -------------------------------
 #: ``webhook_delivered.<endpoint>`` = the UTC ISO-8601 time the version's event was delivered there.
 TAG_WEBHOOK_DELIVERED_PREFIX = "webhook_delivered."

@@ -48,6 +48,7 @@ from hokusai_registry.webhook_policy import (
     configured_endpoints,
     webhook_secret,
 )
+from worker import spans
 from worker.retry_policy import parse_retry_after, webhook_retry
 from worker.webhooks.delivery_records import EventRecord
 from worker.webhooks.endpoints import EndpointStates
@@ -95,6 +96,9 @@ class SendOutcome:
     due_at: datetime | None = None
     reason: str | None = None
     endpoint: str = DEFAULT_ENDPOINT
+    #: Settling this one made the next version of its model to this endpoint due now: pump the
+    #: schedule at once (``worker.webhooks.pump``) rather than at its next poll.
+    woke_next: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form (a Celery task result)."""
@@ -218,7 +222,7 @@ def deliver_and_record(
             client=client,
             settings=settings,
             attempt=record.attempts + 1,
-            traceparent=record.traceparent,
+            traceparent=spans.outgoing_traceparent(record.traceparent),
         )
     except (WebhookDeliveryError, WebhookRejectedError) as exc:
         observe(exc.status_code)
@@ -301,18 +305,17 @@ def send_stored_event(
             store.hold(event_id)
             return SendOutcome(event_id, "held", attempt, exc.status_code, reason=str(exc), endpoint=name)
         return _after_retryable_failure(store, record, attempt, exc, settings=settings, rng=rng)
-    _wake_next(store, record)
-    return SendOutcome(event_id, "delivered", attempt, result.status_code, endpoint=name)
+    woke = _wake_next(store, record)
+    return SendOutcome(event_id, "delivered", attempt, result.status_code, endpoint=name, woke_next=woke)
 
 
 def _dead(
     store: EventStore, record: EventRecord, reason: str, *, attempts: int, status_code: int | None = None
 ) -> SendOutcome:
     store.dead_letter(record.delivery_id, reason)
-    _wake_next(store, record)  # a dead letter no longer holds back its model's later versions
-    return SendOutcome(
-        record.delivery_id, "dead_lettered", attempts, status_code, reason=reason, endpoint=record.endpoint
-    )
+    woke = _wake_next(store, record)  # a dead letter no longer holds back its model's later versions
+    return SendOutcome(record.delivery_id, "dead_lettered", attempts, status_code, reason=reason,
+                       endpoint=record.endpoint, woke_next=woke)  # fmt: skip
 
 
 def _wait_behind(store: EventStore, record: EventRecord, earlier: EventRecord, *, settings: Settings) -> SendOutcome:
@@ -328,11 +331,10 @@ def _wait_behind(store: EventStore, record: EventRecord, earlier: EventRecord, *
     )
 
 
-def _wake_next(store: EventStore, record: EventRecord) -> None:
-    """The next version of the model to this endpoint, if it waits in the schedule, is due now."""
+def _wake_next(store: EventStore, record: EventRecord) -> bool:
+    """The next version of the model to this endpoint, if it waits in the schedule, is due now (True)."""
     following = store.next_in_order(record)
-    if following is not None:
-        store.wake(following)
+    return following is not None and store.wake(following)
 
 
 def _after_retryable_failure(

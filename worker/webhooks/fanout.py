@@ -8,16 +8,13 @@ due now, under ``<job_id>-webhook-<endpoint>``, and handed to its own ``deliver_
 the pump, so a slow endpoint never delays another. With no endpoint configured at all, the
 ``default`` delivery is stored (and dead-lettered for want of a URL, as before endpoints existed).
 
-The job's W3C ``traceparent`` (its metadata's, when well-formed) is kept with each delivery and
-sent as the ``traceparent`` header.
+The job's W3C ``traceparent`` (``RegistrationJob.trace_context``) is kept with each delivery; each
+attempt sends it on as the ``traceparent`` header (``worker.spans.outgoing_traceparent``).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from hokusai_registry.contract import webhook_task_id
 from hokusai_registry.settings import Settings
@@ -25,15 +22,6 @@ from hokusai_registry.webhook_policy import DEFAULT_ENDPOINT, configured_endpoin
 from worker.webhooks.delivery_records import delivery_id
 from worker.webhooks.event import WebhookEvent
 from worker.webhooks.store import EventStore
-
-#: W3C Trace Context, version 00 form (anything else is not passed on: it would be a header injection).
-TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
-
-
-def traceparent_of(metadata: Mapping[str, Any] | None) -> str | None:
-    """The job metadata's ``traceparent`` when it is a well-formed W3C value, else None."""
-    value = (metadata or {}).get("traceparent")
-    return value if isinstance(value, str) and TRACEPARENT_RE.match(value) else None
 
 
 def target_endpoints(settings: Settings, event_type: str) -> list[str]:

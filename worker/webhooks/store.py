@@ -312,9 +312,9 @@ class EventStore:
         self.client.zadd(self.keys.deferred, {event_id: utc(due_at).timestamp()})
 
     @_using_redis
-    def wake(self, event_id: str) -> None:
-        """Make a delivery that waits in the schedule due now (nothing when it is not scheduled)."""
-        self.client.zadd(self.keys.deferred, {event_id: utc(None).timestamp()}, xx=True)
+    def wake(self, event_id: str) -> bool:
+        """Make a delivery that waits in the schedule due now; False when it is not scheduled."""
+        return bool(self.client.zadd(self.keys.deferred, {event_id: utc(None).timestamp()}, xx=True, ch=True))
 
     @_using_redis
     def undefer(self, event_id: str) -> None:
