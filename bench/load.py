@@ -6,7 +6,10 @@ Run from the repository root (Redis on 127.0.0.1:6379 must be up; PostgreSQL too
     .venv/bin/python -m bench.load --jobs 200 --workers 2 --store postgres
 
 What happens: one model is staged, ``--workers`` worker processes (concurrency 1 each) start, one
-untimed warm-up job runs, then all jobs are enqueued at once with ``enqueue_registration``. The
+untimed warm-up job runs, then all jobs are enqueued at once with ``enqueue_registration``, the four
+model types in turn (``workload.rotating_job_fields``: one model's webhooks go in version order, so a
+failed first attempt holds back that model's later versions for the first retry wait, shortened to
+0.5 s for the run by ``--retry-schedule``; the default's 5 s would make the run measure that wait). The
 receiver (a ``WebhookReceiver``) answers 500 to the first attempt of every ``--fail-every``-th new
 idempotency key in arrival order (10th, 20th, ...: exactly 10% by default), 200 otherwise.
 
@@ -41,8 +44,6 @@ from devtools import devstack
 from hokusai_registry.contract import REGISTRATION_QUEUE, WEBHOOK_QUEUE
 from hokusai_registry.keys import WebhookKeys
 
-REGISTERED_NAME = "hokusai_classification_baseline"
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
@@ -50,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="worker processes, concurrency 1 each")
     parser.add_argument("--store", choices=stack_setup.STORES, default="sqlite")
     parser.add_argument("--fail-every", type=int, default=10, help="500 on the first attempt of every Nth key")
+    workload.add_webhook_timing_arguments(parser)
     parser.add_argument("--output", type=Path, default=reports.RESULTS_DIR / "load-latest.json")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, store)")
     return parser.parse_args(argv)
@@ -80,17 +82,6 @@ def make_receiver(secret: str, fail_every: int) -> Any:
     return FlakyReceiver()
 
 
-def all_versions(client: Any) -> list[Any]:
-    found: list[Any] = []
-    token = None
-    while True:
-        page = client.search_model_versions(f"name = '{REGISTERED_NAME}'", max_results=1000, page_token=token)
-        found.extend(page)
-        token = page.token
-        if not token:
-            return found
-
-
 @dataclass
 class Observed:
     """What one load run saw, read while its Redis and store were still up."""
@@ -116,7 +107,8 @@ def run_load(args: argparse.Namespace) -> dict[str, Any]:
     receiver = make_receiver(stack_setup.SECRET, args.fail_every)
     report: dict[str, Any] = {"benchmark": "bench.load", "machine": machine.machine_info(),
                               "parameters": {"jobs": args.jobs, "workers": args.workers, "store": args.store,
-                                             "fail_every": args.fail_every}}  # fmt: skip
+                                             "fail_every": args.fail_every, "retry_schedule": args.retry_schedule,
+                                             "schedule_poll": args.schedule_poll}}  # fmt: skip
     try:
         with stack_setup.own_redis(work) as redis_url, stack_setup.mlflow_store(args.store, work) as store, receiver:
             # the server store runs as docker-compose.yml: workers on its database, writing its artifacts
@@ -147,7 +139,7 @@ def observe(args: argparse.Namespace, work: Path, redis_url: str, store: stack_s
     staging.mkdir(parents=True)
     model_dir = workload.stage_model(workload.make_model(), staging, workload.explicit_requirements())
     settings = stack_setup.producer_settings(redis_url, work / "producer", staging)
-    env = stack_setup.worker_env(store, redis_url, receiver.url, staging)
+    env = stack_setup.worker_env(store, redis_url, receiver.url, staging, **workload.webhook_timing_env(args))
     workers = [devstack.WorkerProcess(env, work / "logs", concurrency=1) for _ in range(args.workers)]
     stack_setup.start_workers(workers)
     try:
@@ -171,7 +163,7 @@ def observe(args: argparse.Namespace, work: Path, redis_url: str, store: stack_s
         for worker in workers:
             worker.stop()
     redis_after = redis_usage.redis_snapshot(redis_client)
-    versions = all_versions(MlflowClient(tracking_uri=store.tracking_uri))
+    versions = workload.all_versions(MlflowClient(tracking_uri=store.tracking_uri))
     state_of_job, webhook_outcome = outcomes(results, enqueued_at)  # read while Redis runs
     return Observed(warm, enqueued_at, first, enqueue_s, sampler, redis_before, redis_after, load_before, load_after,
                     versions, state_of_job, webhook_outcome)  # fmt: skip
@@ -184,7 +176,7 @@ def enqueue_all(jobs: int, model_dir: Path, settings: Any) -> tuple[dict[str, fl
     enqueued_at: dict[str, float] = {}
     first = time.time()
     for n in range(jobs):
-        fields = workload.job_fields(model_dir, metadata={"n": n})
+        fields = workload.rotating_job_fields(model_dir, n)
         wall = time.time()
         enqueued_at[enqueue_registration(fields, settings=settings)] = wall
     enqueue_s = time.time() - first

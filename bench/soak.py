@@ -13,7 +13,8 @@ webhooks of one model are delivered in version order, so a failed first attempt 
 model's later versions for the first retry wait; ``--retry-schedule`` shortens that wait to 0.5 s
 and ``--schedule-poll`` the durable schedule's poll to 0.5 s for the run). Unlike ``bench.load``,
 jobs are not enqueued all at once: a feeder keeps at most ``--backlog`` jobs waiting for their
-webhook, so the run is a steady state and the latency is not the queue's position. Results and
+webhook, so the run is a steady state. The latency includes the wait behind up to ``--backlog`` jobs
+(Little's law: about backlog / throughput), as a pipeline's job waits behind the others. Results and
 delivered events expire after ``--result-expires`` seconds (``RESULT_EXPIRES_S``, for the workers
 and the producer), and after the last job the run waits for them.
 
@@ -48,7 +49,7 @@ from typing import Any
 from bench import load, machine, redis_usage, reports, stack_setup, stats, workload
 from devtools import devstack
 from hokusai_registry import keys
-from hokusai_registry.contract import MODEL_TYPES, REGISTRATION_QUEUE, WEBHOOK_QUEUE, baseline_model_name
+from hokusai_registry.contract import REGISTRATION_QUEUE, WEBHOOK_QUEUE
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,12 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="worker processes, concurrency 1 each")
     parser.add_argument("--fail-every", type=int, default=10, help="500 on the first attempt of every Nth key")
     parser.add_argument("--backlog", type=int, default=100, help="most jobs enqueued and not yet delivered")
-    parser.add_argument(
-        "--retry-schedule",
-        default="0.5,5,30",
-        help="WEBHOOK_RETRY_SCHEDULE for the run (the default's first wait is 5 s)",
-    )
-    parser.add_argument("--schedule-poll", type=float, default=0.5, help="WEBHOOK_SCHEDULE_POLL_S for the run")
+    workload.add_webhook_timing_arguments(parser)
     parser.add_argument("--result-expires", type=int, default=60, help="RESULT_EXPIRES_S for the run, seconds")
     parser.add_argument("--output", type=Path, default=reports.RESULTS_DIR / "soak-latest.json")
     parser.add_argument("--plot", type=Path, default=reports.RESULTS_DIR / "soak-latest.png")
@@ -146,7 +142,7 @@ def feed(args: argparse.Namespace, model_dir: Path, settings: Any, receiver: Any
             continue
         for _ in range(room):
             n = len(enqueued_at)
-            fields = workload.job_fields(model_dir, metadata={"n": n}, model_type=MODEL_TYPES[n % len(MODEL_TYPES)])
+            fields = workload.rotating_job_fields(model_dir, n)
             wall = time.time()
             enqueued_at[enqueue_registration(fields, settings=settings)] = wall
         if len(enqueued_at) % 1000 < room:
@@ -172,8 +168,7 @@ def observe(args: argparse.Namespace, work: Path, redis_url: str, store: stack_s
         update={"result_expires_s": args.result_expires}
     )
     env = stack_setup.worker_env(store, redis_url, receiver.url, staging, RESULT_EXPIRES_S=expires,
-                                 WEBHOOK_RETRY_SCHEDULE=args.retry_schedule,
-                                 WEBHOOK_SCHEDULE_POLL_S=str(args.schedule_poll))  # fmt: skip
+                                 **workload.webhook_timing_env(args))  # fmt: skip
     workers = [devstack.WorkerProcess(env, work / "logs", concurrency=1) for _ in range(args.workers)]
     stack_setup.start_workers(workers)
     loads: dict[str, Any] = {"before": machine.loadavg()}
@@ -201,20 +196,9 @@ def observe(args: argparse.Namespace, work: Path, redis_url: str, store: stack_s
         for worker in workers:
             worker.stop()
     mlflow_client = MlflowClient(tracking_uri=store.tracking_uri)
-    versions = [v for t in MODEL_TYPES for v in all_versions(mlflow_client, baseline_model_name(t))]
+    versions = workload.all_versions(mlflow_client)
     seen = Seen(warm, enqueued_at, first, versions, failed_jobs, dead_letters, timeline.rows)
     return judge(args, seen, receiver, redis_start, redis_peak, redis_end, loads)
-
-
-def all_versions(client: Any, name: str) -> list[Any]:
-    found: list[Any] = []
-    token = None
-    while True:
-        page = client.search_model_versions(f"name = '{name}'", max_results=1000, page_token=token)
-        found.extend(page)
-        token = page.token
-        if not token:
-            return found
 
 
 def dead_letters_key() -> str:
@@ -269,6 +253,8 @@ def judge(args: argparse.Namespace, seen: Seen, receiver: Any, redis_start: dict
     duplicates = {j: c for j, c in per_job.items() if c > 1}
     twice = {j: len(t) for j, t in accepted_at.items() if len(t) > 1}
     latency = [min(accepted_at[j]) - wall for j, wall in seen.enqueued_at.items() if j in accepted_at]
+    accepted_latency = [(min(accepted_at[j]) - seen.first, min(accepted_at[j]) - wall)
+                        for j, wall in seen.enqueued_at.items() if j in accepted_at]  # fmt: skip
     done_times = sorted(min(t) for j, t in accepted_at.items() if j in jobs)
     window = max(1, args.jobs // 10)
     first_rate = window / (done_times[window - 1] - seen.first) if len(done_times) >= window else None
@@ -332,7 +318,29 @@ def judge(args: argparse.Namespace, seen: Seen, receiver: Any, redis_start: dict
         },
         "loadavg": loads,
         "timeline": seen.timeline,
+        "latency_timeline": latency_windows(accepted_latency, LATENCY_WINDOW_S),
     }
+
+
+#: Seconds per point of the latency timeline (by the time each job's event was accepted).
+LATENCY_WINDOW_S = 30.0
+
+
+def latency_windows(accepted: list[tuple[float, float]], window_s: float) -> list[dict[str, float]]:
+    """p50/p99 enqueue → accepted latency of the jobs accepted in each ``window_s`` since the first job."""
+    by_window: dict[int, list[float]] = {}
+    for at_s, latency_s in accepted:
+        by_window.setdefault(int(at_s // window_s), []).append(latency_s)
+    rows = []
+    for index in sorted(by_window):
+        values = sorted(by_window[index])
+        rows.append({
+            "t_s": round((index + 0.5) * window_s, 1),
+            "n": len(values),
+            "p50_ms": round(1000 * values[len(values) // 2], 1),
+            "p99_ms": round(1000 * values[min(len(values) - 1, int(len(values) * 0.99))], 1),
+        })  # fmt: skip
+    return rows
 
 
 def load_json(body: bytes) -> dict[str, Any]:
@@ -346,7 +354,7 @@ def load_json(body: bytes) -> dict[str, Any]:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """RSS, throughput (per 10 s) and latency over the run, one panel each."""
+    """RSS, throughput (per 10 s), latency (p50/p99 per 30 s) and Redis memory over the run, one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -354,7 +362,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     rows = report["timeline"]
     t = [r["t_s"] for r in rows]
-    fig, (ax_rss, ax_rate, ax_redis) = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    fig, (ax_rss, ax_rate, ax_latency, ax_redis) = plt.subplots(4, 1, figsize=(9, 11), sharex=True)
     for i in range(len(rows[0]["rss_bytes"])):
         ax_rss.plot(t, [r["rss_bytes"][i] / 2**20 for r in rows], label=f"worker {i + 1}")
     ax_rss.set_ylabel("worker tree RSS (MiB)")
@@ -365,6 +373,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
             for i in range(step, len(rows), step)]  # fmt: skip
     ax_rate.plot(rate_t, rate, color="tab:green")
     ax_rate.set_ylabel("jobs/s (10 s windows)")
+    windows = report["latency_timeline"]
+    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+        ax_latency.plot([w["t_s"] for w in windows], [w[key] / 1000 for w in windows], label=label)
+    ax_latency.set_ylabel(f"enqueue → webhook (s, {LATENCY_WINDOW_S:.0f} s windows)")
+    ax_latency.legend()
     ax_redis.plot(t, [r["redis_used_memory"] / 2**20 for r in rows], color="tab:red")
     ax_redis.set_ylabel("Redis used_memory (MiB)")
     ax_redis.set_xlabel("seconds since the first job")

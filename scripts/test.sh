@@ -30,8 +30,9 @@ VERSION_TESTS=(
   tests/test_queue.py tests/test_served_artifacts.py tests/test_direct_database.py
   tests/test_store_setup.py tests/test_doctor.py
 )
-#: Minutes of waiting on servers of their own (no Redis database of the suite's): run beside it too.
-BESIDE_TESTS=(tests/test_hosts.py tests/test_object_store.py)
+#: Minutes of waiting on servers and workers: run beside the suite too, on Redis database 12 (the
+#: bench smoke and the hosts start servers of their own; the shutdown test uses the database).
+BESIDE_TESTS=(tests/test_hosts.py tests/test_object_store.py tests/test_bench_smoke.py tests/test_shutdown.py)
 versions_pid=""
 if [ -z "${HOKUSAI_SKIP_MLFLOW_VERSIONS:-}" ]; then
   versions_log="$(mktemp -t hokusai-mlflow-versions.XXXXXX)"
@@ -45,8 +46,8 @@ if [ -z "${HOKUSAI_SKIP_MLFLOW_VERSIONS:-}" ]; then
     { bash scripts/mlflow-newest.sh "$ROOT/.venv-mlflow-newest" &&
       HOKUSAI_TEST_REDIS_DB=13 "$ROOT/.venv-mlflow-newest/bin/python" -m pytest -p no:cacheprovider \
         -k "not test_200_jobs" "${VERSION_TESTS[@]}"; } || rc=1
-    echo "==> the hosts in network namespaces and the object store (their own servers; run here to share the wait)"
-    python -m pytest -p no:cacheprovider "${BESIDE_TESTS[@]}" || rc=1
+    echo "==> the hosts in network namespaces, the object store, the bench smoke and the shutdown (run here to share the wait)"
+    HOKUSAI_TEST_REDIS_DB=12 python -m pytest -p no:cacheprovider "${BESIDE_TESTS[@]}" || rc=1
     exit "$rc"
   ) > "$versions_log" 2>&1 &
   versions_pid=$!
@@ -69,7 +70,7 @@ fi
 main_rc=0
 ignore=()
 [ -n "$versions_pid" ] && for test in "${BESIDE_TESTS[@]}"; do ignore+=(--ignore "$test"); done
-python -m pytest "${ignore[@]}" || main_rc=$?
+python -m pytest --durations=25 "${ignore[@]}" || main_rc=$?
 versions_rc=0
 if [ -n "$versions_pid" ]; then
   wait "$versions_pid" || versions_rc=$?

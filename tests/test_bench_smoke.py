@@ -92,4 +92,6 @@ def test_bench_soak_smoke(tmp_path: Path) -> None:
     for name in ("none_lost", "no_duplicate_version", "every_event_delivered_once", "redis_memory_back_within_10pct"):
         assert report["checks"][name], (name, soak.stdout[-3000:])
     assert report["latency"]["n"] == 100 and report["latency"]["p99_ms"] >= report["latency"]["median_ms"]
+    windows = report["latency_timeline"]  # the plot's latency panel
+    assert sum(w["n"] for w in windows) == 100 and all(w["p99_ms"] >= w["p50_ms"] > 0 for w in windows)
     assert soak.returncode == (0 if report["ok"] else 1)
