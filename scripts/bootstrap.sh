@@ -15,11 +15,17 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.hokusai-installed"
 pin="${HOKUSAI_PIN:-}"
-if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$(cat "$stamp")" != "$pin" ]; then
+lock="$ROOT/image-requirements.lock"
+# Without a pin, the image's lock constrains the install: the suite runs on exactly what the Docker
+# image installs, whatever PyPI released since (tests/test_compose.py checks the two agree).
+constraints=()
+if [ -z "$pin" ] && [ -f "$lock" ]; then constraints=(-c "$lock"); fi
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$lock" -nt "$stamp" ] ||
+   [ "$(cat "$stamp")" != "$pin" ]; then
   echo "==> installing hokusai-registry and its test extra into $VENV ${pin:+($pin) }(first run takes about a minute)"
   "$VENV/bin/pip" install --quiet --upgrade pip >/dev/null 2>&1 || true
   # shellcheck disable=SC2086  # the pin is a space-separated list of requirements
-  "$VENV/bin/pip" install --quiet -e "$ROOT[test]" $pin
+  "$VENV/bin/pip" install --quiet -e "$ROOT[test]" $pin "${constraints[@]}"
   printf '%s' "$pin" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

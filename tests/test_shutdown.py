@@ -124,8 +124,8 @@ def test_sigterm_then_sigkill_at_grace_expiry_hands_the_job_to_another_worker(
     app = client_app(redis_url)
     with WebhookReceiver(SECRET) as receiver:
         env = env_with(worker_env, receiver, staging)
-        short_grace_s = 0.3  # a platform grace below the rule (e.g. left at a default): the job outlives it
-        model_dir = save_model_dir(sk_model, staging, padding_mb=256)  # a slow registration
+        short_grace_s = 0.1  # a platform grace below the rule (e.g. left at a default): the job outlives it
+        model_dir = save_model_dir(sk_model, staging, padding_mb=768)  # a slow registration (~1 s of copying)
         first = WorkerProcess(env, tmp_path / "first").start()
         try:
             job_id = enqueue_registration(job_fields(model_dir))
