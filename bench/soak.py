@@ -2,7 +2,7 @@
 
 Run from the repository root (PostgreSQL on 127.0.0.1:5432, ``redis-server`` installed):
 
-    .venv/bin/python -m bench.soak                   # 10,000 jobs (~10 min on 2 cores)
+    .venv/bin/python -m bench.soak                   # 10,000 jobs (~15-25 min on 2 cores)
     .venv/bin/python -m bench.soak --jobs 200        # smoke
 
 The stack is ``bench.load --store postgres``'s (``bench.stack_setup``): a Redis of its own, ``mlflow
