@@ -41,7 +41,7 @@ def _propagator() -> TraceContextTextMapPropagator:
 
 
 @contextmanager
-def continued(name: str, traceparent: str | None, attributes: Mapping[str, str | int]) -> Iterator[None]:
+def continued(name: str, traceparent: str | None, attributes: Mapping[str, str]) -> Iterator[None]:
     """Run the block in span ``name``, a child of the job's trace; nothing when ``traceparent`` is None."""
     if traceparent is None:
         yield

@@ -146,7 +146,7 @@ def deliver_webhook(self: Task, event_id: str) -> dict[str, Any]:
         return _send_event(self, event_id)
 
 
-def _span_attributes(job_id: str, event_id: str) -> dict[str, str | int]:
+def _span_attributes(job_id: str, event_id: str) -> dict[str, str]:
     return {spans.JOB_ID_ATTRIBUTE: job_id, spans.EVENT_ID_ATTRIBUTE: event_id}
 
 
